@@ -1,0 +1,170 @@
+//! `proglog bench wal`: N threads append to one [`Log`] in a closed loop.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::log::{Log, LogConfig, SyncPolicy};
+use crate::units::{parse_bytes, parse_duration};
+
+use super::{histogram, Report};
+
+/// How appends are synced (the agent's `--sync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// fdatasync before acknowledging (group commit).
+    Always,
+    /// fdatasync every `--sync-interval-ms`.
+    Interval,
+    /// Leave write-back to the OS.
+    Never,
+}
+
+impl SyncMode {
+    /// The WAL policy for this mode.
+    pub fn policy(self, interval: Duration) -> SyncPolicy {
+        match self {
+            SyncMode::Always => SyncPolicy::Always,
+            SyncMode::Interval => SyncPolicy::Interval(interval),
+            SyncMode::Never => SyncPolicy::Never,
+        }
+    }
+}
+
+/// Flags of `proglog bench wal`.
+#[derive(Debug, clap::Args)]
+pub struct WalArgs {
+    /// Concurrent appending threads.
+    #[arg(long, default_value_t = 1)]
+    pub writers: usize,
+    /// Payload bytes per record.
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// How long to append.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Records per `append_batch` call (1 = `append`).
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// When appends are synced.
+    #[arg(long, value_enum, default_value = "always")]
+    pub sync: SyncMode,
+    /// Sync period with `--sync interval`.
+    #[arg(long, default_value_t = 10)]
+    pub sync_interval_ms: u64,
+    /// Where to put the log (default: a fresh directory under $TMPDIR,
+    /// removed afterwards).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Segment store size limit.
+    #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
+    pub segment_max_store_bytes: u64,
+    /// Segment index size limit.
+    #[arg(long, default_value = "8MiB", value_parser = parse_bytes)]
+    pub segment_max_index_bytes: u64,
+    /// Zeros pre-written ahead of the store's write position (0 = off).
+    #[arg(long, default_value = "4MiB", value_parser = parse_bytes)]
+    pub prealloc_bytes: u64,
+    /// Afterwards, close the log and time a reopen.
+    #[arg(long)]
+    pub reopen: bool,
+    /// Keep the log directory afterwards.
+    #[arg(long)]
+    pub keep: bool,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the benchmark and returns its report.
+pub fn run(args: &WalArgs) -> Result<Report, crate::log::LogError> {
+    let dir = args.dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("proglog-bench-wal-{}", std::process::id()))
+    });
+    let config = LogConfig {
+        max_store_bytes: args.segment_max_store_bytes,
+        max_index_bytes: args.segment_max_index_bytes,
+        sync: args.sync.policy(Duration::from_millis(args.sync_interval_ms)),
+        prealloc_bytes: args.prealloc_bytes,
+        ..LogConfig::default()
+    };
+    let log = Arc::new(Log::open(&dir, config.clone())?);
+    let batch = args.batch.max(1);
+    let deadline = Instant::now() + args.duration;
+    let start = Instant::now();
+    let workers: Vec<_> = (0..args.writers.max(1))
+        .map(|w| {
+            let log = Arc::clone(&log);
+            let payload = vec![b'a' + (w % 26) as u8; args.size];
+            std::thread::spawn(move || {
+                let records: Vec<&[u8]> = vec![&payload; batch];
+                let mut latency = histogram();
+                let mut done = 0u64;
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    if batch == 1 {
+                        log.append(&payload)?;
+                    } else {
+                        log.append_batch(&records)?;
+                    }
+                    latency.saturating_record(t.elapsed().as_micros() as u64);
+                    done += batch as u64;
+                }
+                Ok::<_, crate::log::LogError>((done, latency))
+            })
+        })
+        .collect();
+    let mut latency = histogram();
+    let mut records = 0;
+    for w in workers {
+        let (done, h) = w.join().expect("writer thread panicked")?;
+        records += done;
+        latency.add(&h).expect("same histogram bounds");
+    }
+    let elapsed = start.elapsed();
+    let params = serde_json::json!({
+        "writers": args.writers, "size": args.size, "batch": batch,
+        "sync": args.sync, "prealloc_bytes": args.prealloc_bytes,
+    });
+    let mut report = Report::new(
+        "wal",
+        params,
+        records,
+        records * args.size as u64,
+        elapsed,
+        &latency,
+    );
+    let log = Arc::into_inner(log).expect("writers are done");
+    if args.reopen {
+        log.close()?;
+        drop(log);
+        let t = Instant::now();
+        let reopened = Log::open(&dir, config)?;
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        let bytes = dir_bytes(&dir);
+        report.extra.insert("reopen_ms".into(), serde_json::json!((ms * 10.0).round() / 10.0));
+        report.extra.insert("log_mib".into(), serde_json::json!(bytes >> 20));
+        if args.keep {
+            drop(reopened);
+        } else {
+            reopened.remove()?;
+        }
+    } else if args.keep {
+        drop(log);
+    } else {
+        log.remove()?;
+    }
+    Ok(report)
+}
+
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}

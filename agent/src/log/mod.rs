@@ -1,0 +1,70 @@
+//! The write-ahead log: ordered segments of framed, checksummed records.
+//!
+//! Layers, bottom up (as in the book): [`store`] frames records in an
+//! append-only file, [`index`] maps relative offsets to store positions in a
+//! memory-mapped file, [`segment`] pairs the two, and [`Log`] orders
+//! segments, assigns dense offsets, group-commits syncs and recovers after a
+//! crash. This module does blocking file I/O and knows nothing of Raft or
+//! gRPC; async callers use `spawn_blocking`.
+
+mod error;
+pub mod index;
+pub mod segment;
+pub mod store;
+mod wal;
+
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+pub use error::{LogError, Result};
+pub use wal::{Log, LogReader};
+
+/// When appends are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// An append returns only after an fdatasync covered it. Appends that
+    /// arrive while a sync is in flight share the next one (group commit).
+    Always,
+    /// A background thread syncs at this interval; appends return at once
+    /// and become readable after the sync that covers them.
+    Interval(Duration),
+    /// Never sync on the append path (the OS writes back). Records are
+    /// readable as soon as they are written; for logs whose durability
+    /// comes from elsewhere, such as a state machine replayed from Raft.
+    Never,
+}
+
+/// Settings of one [`Log`].
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// A segment's store is full when the next record would pass this size.
+    pub max_store_bytes: u64,
+    /// Size of each index file; bounds the records per segment (12 bytes
+    /// each).
+    pub max_index_bytes: u64,
+    /// Offset of the first record of a new, empty log.
+    pub initial_offset: u64,
+    /// Durability of appends.
+    pub sync: SyncPolicy,
+    /// Appenders wait once this many written bytes are not yet synced, so
+    /// one sync never has to flush an unbounded amount.
+    pub max_unsynced_bytes: u64,
+    /// How far ahead of the write position the store is pre-written with
+    /// zeros, so syncs don't also commit a file size change (0 disables).
+    pub prealloc_bytes: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            max_store_bytes: 64 << 20,
+            max_index_bytes: 8 << 20,
+            initial_offset: 0,
+            sync: SyncPolicy::Always,
+            max_unsynced_bytes: 16 << 20,
+            prealloc_bytes: 4 << 20,
+        }
+    }
+}

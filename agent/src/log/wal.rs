@@ -1,0 +1,619 @@
+//! [`Log`]: ordered segments, dense offsets, group commit, recovery.
+//!
+//! Locking: `inner` (a `RwLock`) guards the segments; appends hold it for
+//! the write syscall only, reads share it. `sync` (a `Mutex` + `Condvar`)
+//! guards the watermarks. An fdatasync runs with neither lock held, on a
+//! cloned handle of the active store, by whichever waiting appender finds no
+//! sync in flight (leader/follower group commit): appenders that arrive
+//! meanwhile are covered by the next sync. Segments that roll over are
+//! synced when sealed, so a sync of the active store covers everything
+//! written before it.
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use super::error::{IoContext, LogError, Result};
+use super::segment::{self, Segment, SegmentLimits};
+use super::store::MAX_RECORD_LEN;
+use super::{LogConfig, SyncPolicy};
+
+/// A segmented, durable, append-only log of byte records with dense offsets.
+///
+/// Cheap to share: every method takes `&self`. Records become visible to
+/// readers only once durable under the configured [`SyncPolicy`].
+#[derive(Debug)]
+pub struct Log {
+    shared: Arc<Shared>,
+    syncer: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    dir: PathBuf,
+    config: LogConfig,
+    inner: RwLock<Inner>,
+    sync: Mutex<SyncState>,
+    synced: Condvar,
+    /// Next offset readers may not see yet (the visible high watermark).
+    visible: watch::Sender<u64>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Ordered by base; the last one takes appends. Never empty while open.
+    segments: Vec<Segment>,
+    buf: Vec<u8>,
+    /// Bytes appended since open, for the unsynced-bytes bound.
+    written_bytes: u64,
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct SyncState {
+    /// Next offset after the last written record.
+    written: u64,
+    /// Next offset after the last durable record.
+    synced: u64,
+    written_bytes: u64,
+    synced_bytes: u64,
+    syncing: bool,
+    failed: bool,
+}
+
+impl Log {
+    /// Opens (creating if needed) the log in `dir` and recovers it.
+    pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Log> {
+        let dir = dir.as_ref().to_path_buf();
+        if !dir.exists() {
+            fs::create_dir_all(&dir).at(&dir)?;
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
+        }
+        let limits = SegmentLimits {
+            max_store_bytes: config.max_store_bytes,
+            max_index_bytes: config.max_index_bytes,
+            prealloc_bytes: config.prealloc_bytes,
+        };
+        let mut segments = Vec::new();
+        for base in segment_bases(&dir)? {
+            segments.push(Segment::open(&dir, base, limits)?);
+        }
+        for pair in segments.windows(2) {
+            if pair[0].next_offset() != pair[1].base() {
+                return Err(LogError::Corrupt {
+                    segment: pair[0].store_file().to_path_buf(),
+                    position: pair[0].store_size(),
+                    reason: "segment ends before the next one begins: records are missing",
+                });
+            }
+        }
+        let count = segments.len();
+        for seg in segments.iter_mut().take(count.saturating_sub(1)) {
+            if !seg.opened_clean() {
+                seg.seal()?;
+            }
+        }
+        match segments.last_mut() {
+            Some(last) => last.unseal()?,
+            None => {
+                segments.push(Segment::create(&dir, config.initial_offset, limits)?);
+                sync_dir(&dir)?;
+            }
+        }
+        let next = segments.last().expect("one segment").next_offset();
+        info!(dir = %dir.display(), segments = segments.len(),
+            lowest = segments[0].base(), next, "log opened");
+        let shared = Arc::new(Shared {
+            dir,
+            inner: RwLock::new(Inner {
+                segments,
+                buf: Vec::new(),
+                written_bytes: 0,
+                closed: false,
+            }),
+            sync: Mutex::new(SyncState {
+                written: next,
+                synced: next,
+                written_bytes: 0,
+                synced_bytes: 0,
+                syncing: false,
+                failed: false,
+            }),
+            synced: Condvar::new(),
+            visible: watch::Sender::new(next),
+            config,
+        });
+        let syncer = match shared.config.sync {
+            SyncPolicy::Interval(every) => Some(spawn_syncer(Arc::clone(&shared), every)),
+            _ => None,
+        };
+        Ok(Log {
+            shared,
+            syncer: Mutex::new(syncer),
+        })
+    }
+
+    /// The directory holding the segment files.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// Appends one record and returns its offset. With [`SyncPolicy::Always`]
+    /// it returns after the record is durable.
+    pub fn append(&self, record: &[u8]) -> Result<u64> {
+        self.append_batch(&[record])
+    }
+
+    /// Appends records contiguously and returns the offset of the first
+    /// (the next offset if `records` is empty). A batch may span segments.
+    /// If an I/O error interrupts a batch, a prefix of it may have been
+    /// written; the log then refuses writes until reopened.
+    pub fn append_batch<R: AsRef<[u8]>>(&self, records: &[R]) -> Result<u64> {
+        for r in records {
+            let size = r.as_ref().len() as u64;
+            if size > MAX_RECORD_LEN {
+                return Err(LogError::RecordTooLarge {
+                    size,
+                    max: MAX_RECORD_LEN,
+                });
+            }
+        }
+        let shared = &*self.shared;
+        if records.is_empty() {
+            return Ok(*shared.visible.borrow());
+        }
+        shared.wait_for_room()?;
+        let (first, next, bytes) = {
+            let mut inner = shared.write_inner()?;
+            let result = shared.write_records(&mut inner, records);
+            if result.is_err() {
+                shared.lock_sync().failed = true;
+            }
+            result?
+        };
+        shared.written(next, bytes)?;
+        Ok(first)
+    }
+
+    /// Makes every record written so far durable and visible, whatever the
+    /// policy.
+    pub fn sync(&self) -> Result<()> {
+        let shared = &*self.shared;
+        let target = shared.lock_sync().written;
+        shared.wait_synced(target)
+    }
+
+    /// Reads the record at `offset`. Offsets below the lowest retained one
+    /// or not yet visible are [`LogError::OffsetOutOfRange`].
+    pub fn read(&self, offset: u64) -> Result<Vec<u8>> {
+        if offset >= *self.shared.visible.borrow() {
+            return Err(LogError::OffsetOutOfRange { offset });
+        }
+        let inner = self.shared.read_inner()?;
+        let i = inner.segments.partition_point(|s| s.base() <= offset);
+        if i == 0 {
+            return Err(LogError::OffsetOutOfRange { offset });
+        }
+        inner.segments[i - 1].read(offset)
+    }
+
+    /// Offset of the oldest retained record (the next offset if empty).
+    pub fn lowest_offset(&self) -> u64 {
+        let inner = self.shared.inner.read().unwrap_or_else(|e| e.into_inner());
+        inner.segments.first().map_or(0, Segment::base)
+    }
+
+    /// Offset of the newest visible record, or `None` if there is none.
+    pub fn highest_offset(&self) -> Option<u64> {
+        let next = self.next_offset();
+        (next > self.lowest_offset()).then(|| next - 1)
+    }
+
+    /// Offset the next visible record will have: the visible high watermark.
+    pub fn next_offset(&self) -> u64 {
+        *self.shared.visible.borrow()
+    }
+
+    /// A receiver of the visible high watermark (next offset), updated as
+    /// records become visible: consumers at the end of the log wait on it.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.shared.visible.subscribe()
+    }
+
+    /// Removes whole segments whose records all lie below `lowest`; the
+    /// active segment always stays. Returns the new lowest offset.
+    pub fn truncate_prefix(&self, lowest: u64) -> Result<u64> {
+        let shared = &*self.shared;
+        let mut inner = shared.write_inner()?;
+        let keep_from = inner.segments[..inner.segments.len() - 1]
+            .iter()
+            .take_while(|s| s.next_offset() <= lowest)
+            .count();
+        if keep_from > 0 {
+            for seg in inner.segments.drain(..keep_from) {
+                seg.remove()?;
+            }
+            sync_dir(&shared.dir)?;
+        }
+        Ok(inner.segments[0].base())
+    }
+
+    /// Removes every record after `after` (Raft replaces conflicting tails
+    /// this way); the next append gets `after + 1`. If `after` lies below
+    /// the lowest retained record, the log becomes empty and starts at
+    /// `after + 1`. Must not race appends.
+    pub fn truncate_suffix(&self, after: u64) -> Result<()> {
+        let shared = &*self.shared;
+        let mut inner = shared.write_inner()?;
+        let next = after + 1;
+        if next >= inner.segments.last().expect("open").next_offset() {
+            return Ok(());
+        }
+        let mut removed = false;
+        while inner.segments.last().is_some_and(|s| s.base() > after) {
+            inner.segments.pop().expect("checked").remove()?;
+            removed = true;
+        }
+        match inner.segments.last_mut() {
+            Some(last) => last.truncate_after(after)?,
+            None => {
+                let limits = shared.limits();
+                inner.segments.push(Segment::create(&shared.dir, next, limits)?);
+                removed = true;
+            }
+        }
+        if removed {
+            sync_dir(&shared.dir)?;
+        }
+        drop(inner);
+        shared.lower_watermarks(next);
+        Ok(())
+    }
+
+    /// Deletes every record and starts over, empty, at `initial_offset`
+    /// (as after installing a snapshot). Must not race appends.
+    pub fn reset(&self, initial_offset: u64) -> Result<()> {
+        let shared = &*self.shared;
+        let mut inner = shared.write_inner()?;
+        for seg in inner.segments.drain(..) {
+            seg.remove()?;
+        }
+        inner
+            .segments
+            .push(Segment::create(&shared.dir, initial_offset, shared.limits())?);
+        sync_dir(&shared.dir)?;
+        drop(inner);
+        let mut st = shared.lock_sync();
+        st.written = initial_offset;
+        st.synced = initial_offset;
+        st.failed = false;
+        shared.visible.send_replace(initial_offset);
+        Ok(())
+    }
+
+    /// A reader over the raw store bytes of the sealed segments (all but
+    /// the active one), oldest first, for snapshots. It holds its own file
+    /// handles, so later truncation does not disturb it.
+    pub fn reader(&self) -> Result<LogReader> {
+        let inner = self.shared.read_inner()?;
+        let mut parts = Vec::new();
+        for seg in &inner.segments[..inner.segments.len() - 1] {
+            let path = seg.store_file();
+            parts.push((File::open(path).at(path)?, seg.store_size()));
+        }
+        parts.reverse();
+        Ok(LogReader { parts })
+    }
+
+    /// Syncs and seals the active segment and stops the background syncer.
+    /// Later calls fail with [`LogError::Closed`]; closing twice is fine.
+    pub fn close(&self) -> Result<()> {
+        if let Some((stop, handle)) = self
+            .syncer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            drop(stop);
+            let _ = handle.join();
+        }
+        let shared = &*self.shared;
+        let mut inner = shared.inner.write().unwrap_or_else(|e| e.into_inner());
+        if inner.closed {
+            return Ok(());
+        }
+        inner.closed = true;
+        inner.segments.last_mut().expect("open").seal()?;
+        let next = inner.segments.last().expect("open").next_offset();
+        drop(inner);
+        let mut st = shared.lock_sync();
+        st.synced = st.synced.max(next);
+        shared.visible.send_replace(next);
+        shared.synced.notify_all();
+        Ok(())
+    }
+
+    /// Closes the log and deletes its directory.
+    pub fn remove(self) -> Result<()> {
+        self.close()?;
+        let dir = self.shared.dir.clone();
+        fs::remove_dir_all(&dir).at(&dir)
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            error!(error = %e, "closing the log failed");
+        }
+    }
+}
+
+impl Shared {
+    fn limits(&self) -> SegmentLimits {
+        SegmentLimits {
+            max_store_bytes: self.config.max_store_bytes,
+            max_index_bytes: self.config.max_index_bytes,
+            prealloc_bytes: self.config.prealloc_bytes,
+        }
+    }
+
+    fn read_inner(&self) -> Result<RwLockReadGuard<'_, Inner>> {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        if inner.closed {
+            return Err(LogError::Closed);
+        }
+        Ok(inner)
+    }
+
+    fn write_inner(&self) -> Result<RwLockWriteGuard<'_, Inner>> {
+        let inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if inner.closed {
+            return Err(LogError::Closed);
+        }
+        if self.lock_sync().failed {
+            return Err(LogError::SyncFailed);
+        }
+        Ok(inner)
+    }
+
+    fn lock_sync(&self) -> MutexGuard<'_, SyncState> {
+        self.sync.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes records into the active segment, rolling to new segments as
+    /// they fill. Returns (first offset, next offset, bytes written).
+    fn write_records<R: AsRef<[u8]>>(
+        &self,
+        inner: &mut Inner,
+        records: &[R],
+    ) -> Result<(u64, u64, u64)> {
+        let Inner {
+            segments,
+            buf,
+            written_bytes,
+            ..
+        } = inner;
+        let first = segments.last().expect("open").next_offset();
+        let mut bytes = 0;
+        let mut i = 0;
+        while i < records.len() {
+            let active = segments.last_mut().expect("open");
+            let n = active.fit(records[i..].iter().map(|r| r.as_ref().len()));
+            if n == 0 {
+                let base = active.next_offset();
+                active.seal()?;
+                segments.push(Segment::create(&self.dir, base, self.limits())?);
+                sync_dir(&self.dir)?;
+                continue;
+            }
+            active.append(&records[i..i + n], buf)?;
+            bytes += buf.len() as u64;
+            i += n;
+        }
+        *written_bytes += bytes;
+        let next = segments.last().expect("open").next_offset();
+        Ok((first, next, bytes))
+    }
+
+    /// Records a write up to `next` and applies the policy: wait for a sync
+    /// (always), or make it visible at once (never).
+    fn written(&self, next: u64, bytes: u64) -> Result<()> {
+        let mut st = self.lock_sync();
+        st.written = st.written.max(next);
+        st.written_bytes += bytes;
+        match self.config.sync {
+            SyncPolicy::Always => {
+                drop(st);
+                self.wait_synced(next)
+            }
+            SyncPolicy::Interval(_) => Ok(()),
+            SyncPolicy::Never => {
+                self.visible.send_if_modified(|v| {
+                    let grew = next > *v;
+                    *v = (*v).max(next);
+                    grew
+                });
+                Ok(())
+            }
+        }
+    }
+
+    /// Blocks until offsets below `target` are durable, running the sync
+    /// itself when none is in flight.
+    fn wait_synced(&self, target: u64) -> Result<()> {
+        let mut st = self.lock_sync();
+        loop {
+            if st.failed {
+                return Err(LogError::SyncFailed);
+            }
+            if st.synced >= target {
+                return Ok(());
+            }
+            st = if st.syncing {
+                self.synced.wait(st).unwrap_or_else(|e| e.into_inner())
+            } else {
+                self.sync_round(st)
+            };
+        }
+    }
+
+    /// Backpressure: waits while more than `max_unsynced_bytes` are
+    /// written but not synced.
+    fn wait_for_room(&self) -> Result<()> {
+        if self.config.sync == SyncPolicy::Never {
+            return Ok(());
+        }
+        let mut st = self.lock_sync();
+        while st.written_bytes.saturating_sub(st.synced_bytes) > self.config.max_unsynced_bytes {
+            if st.failed {
+                return Err(LogError::SyncFailed);
+            }
+            st = if st.syncing {
+                self.synced.wait(st).unwrap_or_else(|e| e.into_inner())
+            } else {
+                self.sync_round(st)
+            };
+        }
+        Ok(())
+    }
+
+    /// One group-commit round: snapshot what is written, fdatasync the
+    /// active store with no lock held, publish the new watermark.
+    fn sync_round<'a>(&'a self, mut st: MutexGuard<'a, SyncState>) -> MutexGuard<'a, SyncState> {
+        st.syncing = true;
+        drop(st);
+        let snapshot = {
+            let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+            let active = inner.segments.last().expect("open");
+            (
+                active.sync_handle(),
+                active.store_file().to_path_buf(),
+                active.next_offset(),
+                inner.written_bytes,
+            )
+        };
+        let (file, path, target, bytes) = snapshot;
+        let result = file.sync_data();
+        let mut st = self.lock_sync();
+        st.syncing = false;
+        match result {
+            Ok(()) => {
+                if target > st.synced {
+                    st.synced = target;
+                    self.visible.send_replace(target);
+                }
+                st.synced_bytes = st.synced_bytes.max(bytes);
+            }
+            Err(e) => {
+                error!(file = %path.display(), error = %e,
+                    "fdatasync failed; refusing writes until the log is reopened");
+                st.failed = true;
+            }
+        }
+        self.synced.notify_all();
+        st
+    }
+
+    /// After a suffix truncation: nothing at or past `next` exists anymore.
+    fn lower_watermarks(&self, next: u64) {
+        let mut st = self.lock_sync();
+        st.written = st.written.min(next);
+        st.synced = st.synced.min(next);
+        self.visible.send_if_modified(|v| {
+            let shrank = *v > next;
+            *v = (*v).min(next);
+            shrank
+        });
+    }
+}
+
+/// Runs interval syncs until the sender is dropped.
+fn spawn_syncer(shared: Arc<Shared>, every: Duration) -> (mpsc::Sender<()>, JoinHandle<()>) {
+    let (stop, stopped) = mpsc::channel::<()>();
+    let handle = std::thread::Builder::new()
+        .name("proglog-syncer".into())
+        .spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                let st = shared.lock_sync();
+                if st.written > st.synced && !st.syncing && !st.failed {
+                    drop(shared.sync_round(st));
+                }
+            }
+        })
+        .expect("spawning the syncer thread");
+    (stop, handle)
+}
+
+/// Bases of the segments in `dir`, sorted; stray index files are removed.
+fn segment_bases(dir: &Path) -> Result<Vec<u64>> {
+    let mut bases = Vec::new();
+    let mut indexes = Vec::new();
+    for entry in fs::read_dir(dir).at(dir)? {
+        let path = entry.at(dir)?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let parse = |suffix: &str| {
+            name.strip_suffix(suffix)
+                .filter(|stem| stem.len() == 20)
+                .and_then(|stem| stem.parse::<u64>().ok())
+        };
+        if let Some(base) = parse(".store") {
+            bases.push(base);
+        } else if let Some(base) = parse(".index") {
+            indexes.push(base);
+        } else if name.ends_with(".index.tmp") {
+            fs::remove_file(&path).at(&path)?;
+        }
+    }
+    bases.sort_unstable();
+    for base in indexes {
+        if bases.binary_search(&base).is_err() {
+            let path = segment::index_path(dir, base);
+            fs::remove_file(&path).at(&path)?;
+        }
+    }
+    Ok(bases)
+}
+
+/// fsyncs a directory so created, removed or renamed entries are durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).at(dir)
+}
+
+/// Raw bytes of sealed store files, oldest first (see [`Log::reader`]).
+#[derive(Debug)]
+pub struct LogReader {
+    /// Remaining (file, bytes left) pairs, last element read first.
+    parts: Vec<(File, u64)>,
+}
+
+impl Read for LogReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while let Some((file, left)) = self.parts.last_mut() {
+            if *left == 0 {
+                self.parts.pop();
+                continue;
+            }
+            let want = out.len().min(*left as usize);
+            let n = file.read(&mut out[..want])?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "store file shorter than its recorded size",
+                ));
+            }
+            *left -= n as u64;
+            return Ok(n);
+        }
+        Ok(0)
+    }
+}
