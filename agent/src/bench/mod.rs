@@ -65,7 +65,10 @@ impl Report {
     /// Prints one JSON object, or a short human-readable table.
     pub fn print(&self, json: bool) {
         if json {
-            println!("{}", serde_json::to_string(self).expect("report serializes"));
+            println!(
+                "{}",
+                serde_json::to_string(self).expect("report serializes")
+            );
             return;
         }
         println!("{} {}", self.bench, self.params);

@@ -10,7 +10,9 @@ use crate::units::{parse_bytes, parse_duration};
 use super::{histogram, Report};
 
 /// How appends are synced (the agent's `--sync`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum SyncMode {
     /// fdatasync before acknowledging (group commit).
@@ -85,7 +87,9 @@ pub fn run(args: &WalArgs) -> Result<Report, crate::log::LogError> {
     let config = LogConfig {
         max_store_bytes: args.segment_max_store_bytes,
         max_index_bytes: args.segment_max_index_bytes,
-        sync: args.sync.policy(Duration::from_millis(args.sync_interval_ms)),
+        sync: args
+            .sync
+            .policy(Duration::from_millis(args.sync_interval_ms)),
         prealloc_bytes: args.prealloc_bytes,
         ..LogConfig::default()
     };
@@ -136,6 +140,19 @@ pub fn run(args: &WalArgs) -> Result<Report, crate::log::LogError> {
         &latency,
     );
     let log = Arc::into_inner(log).expect("writers are done");
+    let stats = log.sync_stats();
+    if stats.syncs > 0 {
+        let per_sync = records as f64 / stats.syncs as f64;
+        let sync_us = stats.sync_micros as f64 / stats.syncs as f64;
+        report.extra.insert("syncs".into(), stats.syncs.into());
+        report.extra.insert(
+            "recs/sync".into(),
+            serde_json::json!((per_sync * 10.0).round() / 10.0),
+        );
+        report
+            .extra
+            .insert("sync_avg_us".into(), serde_json::json!(sync_us.round()));
+    }
     if args.reopen {
         log.close()?;
         drop(log);
@@ -143,8 +160,13 @@ pub fn run(args: &WalArgs) -> Result<Report, crate::log::LogError> {
         let reopened = Log::open(&dir, config)?;
         let ms = t.elapsed().as_secs_f64() * 1000.0;
         let bytes = dir_bytes(&dir);
-        report.extra.insert("reopen_ms".into(), serde_json::json!((ms * 10.0).round() / 10.0));
-        report.extra.insert("log_mib".into(), serde_json::json!(bytes >> 20));
+        report.extra.insert(
+            "reopen_ms".into(),
+            serde_json::json!((ms * 10.0).round() / 10.0),
+        );
+        report
+            .extra
+            .insert("log_mib".into(), serde_json::json!(bytes >> 20));
         if args.keep {
             drop(reopened);
         } else {

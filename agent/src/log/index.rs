@@ -39,7 +39,8 @@ pub struct Index {
 impl Index {
     /// Creates an index file of `max_bytes` (at least room for one entry).
     pub fn create(path: &Path, max_bytes: u64) -> Result<Index> {
-        let capacity = (max_bytes.saturating_sub(HEADER_LEN) / ENTRY_LEN).clamp(1, u64::from(u32::MAX));
+        let capacity =
+            (max_bytes.saturating_sub(HEADER_LEN) / ENTRY_LEN).clamp(1, u64::from(u32::MAX));
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -58,7 +59,11 @@ impl Index {
     /// Opens an existing index. Its entry count is not known yet: call
     /// [`Index::recover_count`].
     pub fn open(path: &Path) -> Result<Index> {
-        let file = OpenOptions::new().read(true).write(true).open(path).at(path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .at(path)?;
         let len = file.metadata().at(path)?.len();
         let corrupt = |reason| LogError::Corrupt {
             segment: path.to_path_buf(),

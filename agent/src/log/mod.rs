@@ -19,7 +19,7 @@ mod tests;
 use std::time::Duration;
 
 pub use error::{LogError, Result};
-pub use wal::{Log, LogReader};
+pub use wal::{Log, LogReader, SyncStats};
 
 /// When appends are made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -231,7 +231,9 @@ impl Segment {
         }
         let prealloc_to = match self.limits.prealloc_bytes {
             0 => 0,
-            chunk => (self.store.size() + buf.len() as u64 + chunk).min(self.limits.max_store_bytes),
+            chunk => {
+                (self.store.size() + buf.len() as u64 + chunk).min(self.limits.max_store_bytes)
+            }
         };
         let start = self.store.append(buf, prealloc_to)?;
         for rel in rel_positions {
@@ -269,7 +271,9 @@ impl Segment {
     /// Drops every record after `offset` (which must be in this segment or
     /// just before it) and syncs the cut.
     pub fn truncate_after(&mut self, offset: u64) -> Result<()> {
-        let keep = (offset + 1).saturating_sub(self.base).min(self.index.count());
+        let keep = (offset + 1)
+            .saturating_sub(self.base)
+            .min(self.index.count());
         let cut = self.index.position(keep).unwrap_or(self.store.size());
         self.index.truncate(keep);
         self.store.truncate(cut)?;

@@ -24,7 +24,7 @@ pub const HEADER_LEN: u64 = 16;
 pub const ENTRY_HEADER_LEN: u64 = 16;
 /// The largest payload the length field can describe.
 pub const MAX_RECORD_LEN: u64 = u32::MAX as u64;
-const ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
 /// CRC32C over an entry's length, offset and payload.
 fn checksum(len: u32, offset: u64, payload: &[u8]) -> u32 {
@@ -113,7 +113,11 @@ impl Store {
     /// Opens an existing store and checks its header. The logical size
     /// starts at the header; recovery sets it with [`Store::set_size`].
     pub fn open(path: &Path) -> Result<Store> {
-        let file = OpenOptions::new().read(true).write(true).open(path).at(path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .at(path)?;
         let allocated = file.metadata().at(path)?.len();
         let corrupt = |reason| LogError::Corrupt {
             segment: path.to_path_buf(),
@@ -248,7 +252,11 @@ impl Store {
         let mut found = Vec::new();
         let how = loop {
             if pos + ENTRY_HEADER_LEN > self.allocated {
-                break if self.tail_is_zero(pos)? { ScanEnd::Clean } else { ScanEnd::Torn };
+                break if self.tail_is_zero(pos)? {
+                    ScanEnd::Clean
+                } else {
+                    ScanEnd::Torn
+                };
             }
             reader.read_exact(&mut head).at(&self.path)?;
             if head == [0u8; ENTRY_HEADER_LEN as usize] {

@@ -12,10 +12,8 @@
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use tokio::sync::watch;
 use tracing::{error, info};
@@ -32,7 +30,7 @@ use super::{LogConfig, SyncPolicy};
 #[derive(Debug)]
 pub struct Log {
     shared: Arc<Shared>,
-    syncer: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
+    syncer: Mutex<Option<JoinHandle<()>>>,
 }
 
 #[derive(Debug)]
@@ -41,7 +39,12 @@ struct Shared {
     config: LogConfig,
     inner: RwLock<Inner>,
     sync: Mutex<SyncState>,
-    synced: Condvar,
+    /// `round_done[r % 2]` is signalled when sync round `r` ends. Waiters
+    /// wait on the condvar of the round that will cover them, so a round
+    /// wakes only the appenders it made durable.
+    round_done: [Condvar; 2],
+    /// Wakes the syncer thread: there is work, or it must stop.
+    work: Condvar,
     /// Next offset readers may not see yet (the visible high watermark).
     visible: watch::Sender<u64>,
 }
@@ -51,8 +54,6 @@ struct Inner {
     /// Ordered by base; the last one takes appends. Never empty while open.
     segments: Vec<Segment>,
     buf: Vec<u8>,
-    /// Bytes appended since open, for the unsynced-bytes bound.
-    written_bytes: u64,
     closed: bool,
 }
 
@@ -65,7 +66,23 @@ struct SyncState {
     written_bytes: u64,
     synced_bytes: u64,
     syncing: bool,
+    /// Rounds started since open; the in-flight one is this number.
+    rounds: u64,
+    /// What the in-flight round will make durable (next offset).
+    round_target: u64,
     failed: bool,
+    /// Tells the syncer thread to exit.
+    stop: bool,
+    stats: SyncStats,
+}
+
+/// Counters of the group commit, for metrics and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncStats {
+    /// fdatasync calls made by appenders or the interval syncer.
+    pub syncs: u64,
+    /// Time spent in those calls, in microseconds.
+    pub sync_micros: u64,
 }
 
 impl Log {
@@ -117,7 +134,6 @@ impl Log {
             inner: RwLock::new(Inner {
                 segments,
                 buf: Vec::new(),
-                written_bytes: 0,
                 closed: false,
             }),
             sync: Mutex::new(SyncState {
@@ -126,15 +142,20 @@ impl Log {
                 written_bytes: 0,
                 synced_bytes: 0,
                 syncing: false,
+                rounds: 0,
+                round_target: next,
                 failed: false,
+                stop: false,
+                stats: SyncStats::default(),
             }),
-            synced: Condvar::new(),
+            round_done: [Condvar::new(), Condvar::new()],
+            work: Condvar::new(),
             visible: watch::Sender::new(next),
             config,
         });
         let syncer = match shared.config.sync {
-            SyncPolicy::Interval(every) => Some(spawn_syncer(Arc::clone(&shared), every)),
-            _ => None,
+            SyncPolicy::Never => None,
+            _ => Some(spawn_syncer(Arc::clone(&shared))),
         };
         Ok(Log {
             shared,
@@ -206,6 +227,11 @@ impl Log {
         inner.segments[i - 1].read(offset)
     }
 
+    /// Group-commit counters since open.
+    pub fn sync_stats(&self) -> SyncStats {
+        self.shared.lock_sync().stats
+    }
+
     /// Offset of the oldest retained record (the next offset if empty).
     pub fn lowest_offset(&self) -> u64 {
         let inner = self.shared.inner.read().unwrap_or_else(|e| e.into_inner());
@@ -267,7 +293,9 @@ impl Log {
             Some(last) => last.truncate_after(after)?,
             None => {
                 let limits = shared.limits();
-                inner.segments.push(Segment::create(&shared.dir, next, limits)?);
+                inner
+                    .segments
+                    .push(Segment::create(&shared.dir, next, limits)?);
                 removed = true;
             }
         }
@@ -287,9 +315,11 @@ impl Log {
         for seg in inner.segments.drain(..) {
             seg.remove()?;
         }
-        inner
-            .segments
-            .push(Segment::create(&shared.dir, initial_offset, shared.limits())?);
+        inner.segments.push(Segment::create(
+            &shared.dir,
+            initial_offset,
+            shared.limits(),
+        )?);
         sync_dir(&shared.dir)?;
         drop(inner);
         let mut st = shared.lock_sync();
@@ -317,13 +347,9 @@ impl Log {
     /// Syncs and seals the active segment and stops the background syncer.
     /// Later calls fail with [`LogError::Closed`]; closing twice is fine.
     pub fn close(&self) -> Result<()> {
-        if let Some((stop, handle)) = self
-            .syncer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            drop(stop);
+        if let Some(handle) = self.syncer.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            self.shared.lock_sync().stop = true;
+            self.shared.work.notify_all();
             let _ = handle.join();
         }
         let shared = &*self.shared;
@@ -338,7 +364,7 @@ impl Log {
         let mut st = shared.lock_sync();
         st.synced = st.synced.max(next);
         shared.visible.send_replace(next);
-        shared.synced.notify_all();
+        shared.round_done.iter().for_each(Condvar::notify_all);
         Ok(())
     }
 
@@ -397,12 +423,7 @@ impl Shared {
         inner: &mut Inner,
         records: &[R],
     ) -> Result<(u64, u64, u64)> {
-        let Inner {
-            segments,
-            buf,
-            written_bytes,
-            ..
-        } = inner;
+        let Inner { segments, buf, .. } = inner;
         let first = segments.last().expect("open").next_offset();
         let mut bytes = 0;
         let mut i = 0;
@@ -420,7 +441,6 @@ impl Shared {
             bytes += buf.len() as u64;
             i += n;
         }
-        *written_bytes += bytes;
         let next = segments.last().expect("open").next_offset();
         Ok((first, next, bytes))
     }
@@ -448,8 +468,7 @@ impl Shared {
         }
     }
 
-    /// Blocks until offsets below `target` are durable, running the sync
-    /// itself when none is in flight.
+    /// Blocks until offsets below `target` are durable.
     fn wait_synced(&self, target: u64) -> Result<()> {
         let mut st = self.lock_sync();
         loop {
@@ -459,12 +478,33 @@ impl Shared {
             if st.synced >= target {
                 return Ok(());
             }
-            st = if st.syncing {
-                self.synced.wait(st).unwrap_or_else(|e| e.into_inner())
-            } else {
-                self.sync_round(st)
-            };
+            st = self.step_toward_sync(st, target);
         }
+    }
+
+    /// Waits for the sync round that covers `target`, or runs it. With
+    /// `Always` the syncer thread runs rounds, so appenders keep writing
+    /// while one is in flight; otherwise the caller runs it when none is.
+    fn step_toward_sync<'a>(
+        &'a self,
+        st: MutexGuard<'a, SyncState>,
+        target: u64,
+    ) -> MutexGuard<'a, SyncState> {
+        let always = self.config.sync == SyncPolicy::Always && !st.stop;
+        if !st.syncing && !always {
+            return self.sync_round(st);
+        }
+        let covering = if st.syncing && target <= st.round_target {
+            st.rounds
+        } else {
+            if !st.syncing {
+                self.work.notify_one();
+            }
+            st.rounds + 1
+        };
+        self.round_done[(covering % 2) as usize]
+            .wait(st)
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Backpressure: waits while more than `max_unsynced_bytes` are
@@ -478,34 +518,35 @@ impl Shared {
             if st.failed {
                 return Err(LogError::SyncFailed);
             }
-            st = if st.syncing {
-                self.synced.wait(st).unwrap_or_else(|e| e.into_inner())
-            } else {
-                self.sync_round(st)
-            };
+            let target = st.written;
+            st = self.step_toward_sync(st, target);
         }
         Ok(())
     }
 
-    /// One group-commit round: snapshot what is written, fdatasync the
-    /// active store with no lock held, publish the new watermark.
+    /// One group-commit round: everything reported written so far is
+    /// covered. Records before `written` are either in the active store
+    /// (fetched after deciding the target) or in a segment that was synced
+    /// when it was sealed. The fdatasync runs with no lock held.
     fn sync_round<'a>(&'a self, mut st: MutexGuard<'a, SyncState>) -> MutexGuard<'a, SyncState> {
+        let (target, bytes) = (st.written, st.written_bytes);
         st.syncing = true;
+        st.rounds += 1;
+        st.round_target = target;
+        let round = st.rounds;
         drop(st);
-        let snapshot = {
+        let (file, path) = {
             let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
             let active = inner.segments.last().expect("open");
-            (
-                active.sync_handle(),
-                active.store_file().to_path_buf(),
-                active.next_offset(),
-                inner.written_bytes,
-            )
+            (active.sync_handle(), active.store_file().to_path_buf())
         };
-        let (file, path, target, bytes) = snapshot;
+        let started = std::time::Instant::now();
         let result = file.sync_data();
+        let took = started.elapsed();
         let mut st = self.lock_sync();
         st.syncing = false;
+        st.stats.syncs += 1;
+        st.stats.sync_micros += took.as_micros() as u64;
         match result {
             Ok(()) => {
                 if target > st.synced {
@@ -518,9 +559,10 @@ impl Shared {
                 error!(file = %path.display(), error = %e,
                     "fdatasync failed; refusing writes until the log is reopened");
                 st.failed = true;
+                self.round_done[((round + 1) % 2) as usize].notify_all();
             }
         }
-        self.synced.notify_all();
+        self.round_done[(round % 2) as usize].notify_all();
         st
     }
 
@@ -537,21 +579,38 @@ impl Shared {
     }
 }
 
-/// Runs interval syncs until the sender is dropped.
-fn spawn_syncer(shared: Arc<Shared>, every: Duration) -> (mpsc::Sender<()>, JoinHandle<()>) {
-    let (stop, stopped) = mpsc::channel::<()>();
-    let handle = std::thread::Builder::new()
+/// The syncer thread: with `Always` it syncs back to back while writes
+/// are pending (appenders keep writing during a sync and share the next
+/// one); with `Interval` it syncs pending writes once per interval.
+fn spawn_syncer(shared: Arc<Shared>) -> JoinHandle<()> {
+    std::thread::Builder::new()
         .name("proglog-syncer".into())
         .spawn(move || {
-            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
-                let st = shared.lock_sync();
-                if st.written > st.synced && !st.syncing && !st.failed {
-                    drop(shared.sync_round(st));
+            let mut st = shared.lock_sync();
+            loop {
+                if st.stop {
+                    return;
                 }
+                let pending = st.written > st.synced && !st.syncing && !st.failed;
+                st = match shared.config.sync {
+                    SyncPolicy::Always if pending => shared.sync_round(st),
+                    SyncPolicy::Interval(every) => {
+                        let (st, _) = shared
+                            .work
+                            .wait_timeout(st, every)
+                            .unwrap_or_else(|e| e.into_inner());
+                        let pending = st.written > st.synced && !st.syncing && !st.failed;
+                        if pending && !st.stop {
+                            shared.sync_round(st)
+                        } else {
+                            st
+                        }
+                    }
+                    _ => shared.work.wait(st).unwrap_or_else(|e| e.into_inner()),
+                };
             }
         })
-        .expect("spawning the syncer thread");
-    (stop, handle)
+        .expect("spawning the syncer thread")
 }
 
 /// Bases of the segments in `dir`, sorted; stray index files are removed.
