@@ -16,9 +16,11 @@ mod wal;
 #[cfg(test)]
 mod tests;
 
+use std::path::Path;
 use std::time::Duration;
 
 pub use error::{LogError, Result};
+use error::IoContext;
 pub use wal::{Log, LogReader, SyncStats};
 
 /// When appends are made durable.
@@ -67,4 +69,10 @@ impl Default for LogConfig {
             prealloc_bytes: 4 << 20,
         }
     }
+}
+
+/// fsyncs a directory so that files created, removed or renamed in it are
+/// durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }

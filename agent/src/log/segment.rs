@@ -75,7 +75,9 @@ impl Segment {
                 warn!(segment = %store_file.display(), "store without a whole header, recreating it");
                 remove_if_exists(&store_file)?;
                 remove_if_exists(&index_path(dir, base))?;
-                return Segment::create(dir, base, limits);
+                let segment = Segment::create(dir, base, limits)?;
+                super::sync_dir(dir)?;
+                return Ok(segment);
             }
             Err(e) => return Err(e),
         };
@@ -94,7 +96,9 @@ impl Segment {
                 Some(index) => index,
                 None => {
                     remove_if_exists(&index_file)?;
-                    Index::create(&index_file, limits.max_index_bytes)?
+                    let index = Index::create(&index_file, limits.max_index_bytes)?;
+                    super::sync_dir(dir)?;
+                    index
                 }
             },
             limits,
@@ -172,6 +176,7 @@ impl Segment {
             index.push(pos);
         }
         fs::rename(&tmp, &path).at(&path)?;
+        super::sync_dir(self.store.path().parent().expect("in a dir"))?;
         self.index = index;
         Ok(())
     }

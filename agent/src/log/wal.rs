@@ -21,7 +21,7 @@ use tracing::{error, info};
 use super::error::{IoContext, LogError, Result};
 use super::segment::{self, Segment, SegmentLimits};
 use super::store::MAX_RECORD_LEN;
-use super::{LogConfig, SyncPolicy};
+use super::{sync_dir, LogConfig, SyncPolicy};
 
 /// A segmented, durable, append-only log of byte records with dense offsets.
 ///
@@ -641,11 +641,6 @@ fn segment_bases(dir: &Path) -> Result<Vec<u64>> {
         }
     }
     Ok(bases)
-}
-
-/// fsyncs a directory so created, removed or renamed entries are durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }
 
 /// Raw bytes of sealed store files, oldest first (see [`Log::reader`]).
