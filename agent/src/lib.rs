@@ -1,6 +1,13 @@
-//! proglog agent library: the WAL today; Raft, gossip, the gRPC server and
-//! the agent wiring build on it (see DESIGN.md).
+//! proglog agent library: the WAL, the gRPC service with its security and
+//! transports, configuration, and the agent that wires them. Raft and gossip
+//! build on these (see DESIGN.md).
 
+pub mod agent;
 pub mod bench;
+pub mod certs;
+pub mod cli;
+pub mod config;
 pub mod log;
+pub mod server;
+pub mod transport;
 pub mod units;

@@ -1,10 +1,22 @@
 //! The `proglog` command: the agent and its client, bench and admin verbs.
+//! Exit codes: 0 clean stop, 1 runtime failure, 2 bad config or usage.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use notify_debouncer_full::notify::RecursiveMode;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter, Layer};
 
-use proglog_agent::bench;
+use proglog_agent::agent::{Agent, LogLevelHook};
+use proglog_agent::config::{AgentFlags, Config, LogFormat};
+use proglog_agent::{bench, certs, cli};
 
 #[derive(Debug, Parser)]
 #[command(name = "proglog", version, about = "A replicated, durable commit log")]
@@ -15,6 +27,43 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the agent.
+    Agent(AgentFlags),
+    /// Append records: each argument, or each line of stdin; prints offsets.
+    Produce {
+        #[command(flatten)]
+        conn: cli::ConnectArgs,
+        /// Record values (default: read lines from stdin).
+        values: Vec<String>,
+    },
+    /// Print records, one per line, to the end of the log.
+    Consume {
+        #[command(flatten)]
+        conn: cli::ConnectArgs,
+        /// First offset to print.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Keep waiting for new records.
+        #[arg(long)]
+        follow: bool,
+        /// Print {"offset": N, "value": "..."} per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the servers of the cluster.
+    Servers {
+        #[command(flatten)]
+        conn: cli::ConnectArgs,
+    },
+    /// Write a development CA, server and client certificates.
+    Certs {
+        /// Output directory.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// Server certificate SANs.
+        #[arg(long, value_delimiter = ',', default_value = "127.0.0.1,localhost")]
+        hosts: Vec<String>,
+    },
     /// Measure throughput and latency.
     Bench {
         #[command(subcommand)]
@@ -32,29 +81,175 @@ enum BenchTarget {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
     match cli.command {
+        Command::Agent(flags) => run_agent(flags),
         Command::Version => {
             println!("proglog {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
+        Command::Certs { dir, hosts } => {
+            report("certs", certs::generate(&dir, &hosts).map_err(Into::into))
+        }
         Command::Bench {
             target: BenchTarget::Wal(args),
-        } => match bench::wal::run(&args) {
-            Ok(report) => {
-                report.print(args.json);
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("proglog bench wal: {e}");
-                ExitCode::FAILURE
+        } => {
+            init_tracing("warn", LogFormat::Text);
+            let result = bench::wal::run(&args).map(|r| r.print(args.json));
+            report("bench wal", result.map_err(Into::into))
+        }
+        Command::Produce { conn, values } => client(|| cli::produce(&conn, values)),
+        Command::Consume {
+            conn,
+            from,
+            follow,
+            json,
+        } => client(|| cli::consume(&conn, from, follow, json)),
+        Command::Servers { conn } => client(|| cli::servers(&conn)),
+    }
+}
+
+fn report(what: &str, result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("proglog {what}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn client<F, Fut>(call: F) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<(), proglog_client::Error>>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("building a tokio runtime");
+    match runtime.block_on(call()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("proglog: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Installs the stderr subscriber; returns a hook that changes the level.
+fn init_tracing(level: &str, format: LogFormat) -> LogLevelHook {
+    let (filter, handle) = reload::Layer::new(EnvFilter::new(level));
+    let output = match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(output)
+        .init();
+    Arc::new(move |level: &str| {
+        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    })
+}
+
+fn run_agent(flags: AgentFlags) -> ExitCode {
+    let config = match Config::load(&flags) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("proglog agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let hook = init_tracing(&config.log_level, config.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("building a tokio runtime");
+    report("agent", runtime.block_on(agent_main(flags, config, hook)))
+}
+
+async fn agent_main(flags: AgentFlags, config: Config, hook: LogLevelHook) -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    let agent = Agent::start(config, Some(hook)).await?;
+
+    // Watch the directories of the reloadable files: tools replace files
+    // by rename, which a watch on the file itself would miss.
+    let (changed_tx, mut changed) = tokio::sync::mpsc::unbounded_channel();
+    let mut watched = agent.watched_files();
+    watched.extend(flags.config_file.clone());
+    let watched_names = watched.clone();
+    let mut debouncer = notify_debouncer_full::new_debouncer(
+        Duration::from_millis(200),
+        None,
+        move |events: notify_debouncer_full::DebounceEventResult| {
+            let Ok(events) = events else { return };
+            let relevant = events.iter().any(|ev| {
+                !ev.kind.is_access()
+                    && ev
+                        .paths
+                        .iter()
+                        .any(|p| watched_names.iter().any(|w| p.file_name() == w.file_name()))
+            });
+            if relevant {
+                let _ = changed_tx.send(());
             }
         },
+    )
+    .context("starting the file watcher")?;
+    let mut dirs: Vec<PathBuf> = watched
+        .iter()
+        .filter_map(|f| {
+            f.parent().map(|d| {
+                if d.as_os_str().is_empty() {
+                    ".".into()
+                } else {
+                    d.to_path_buf()
+                }
+            })
+        })
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    for dir in &dirs {
+        debouncer
+            .watch(dir, RecursiveMode::NonRecursive)
+            .with_context(|| format!("watching {}", dir.display()))?;
     }
+
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => reload(&agent, &flags).await,
+            Some(()) = changed.recv() => reload(&agent, &flags).await,
+        }
+    }
+    drop(debouncer);
+    // A second signal exits at once.
+    tokio::spawn(async move {
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        eprintln!("proglog agent: second signal, exiting now");
+        std::process::exit(1);
+    });
+    agent.shutdown().await?;
+    Ok(())
+}
+
+async fn reload(agent: &Agent, flags: &AgentFlags) {
+    let config = match Config::load(flags) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(error = %e, "config reload failed; keeping the previous settings");
+            None
+        }
+    };
+    agent.reload(config).await;
 }

@@ -19,8 +19,8 @@ mod tests;
 use std::path::Path;
 use std::time::Duration;
 
-pub use error::{LogError, Result};
 use error::IoContext;
+pub use error::{LogError, Result};
 pub use wal::{Log, LogReader, SyncStats};
 
 /// When appends are made durable.

@@ -1,0 +1,328 @@
+//! [`Agent`]: wires the log, the gRPC service, the transports and hot
+//! reload; starts them in order and shuts them down in reverse.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use proglog_proto::log_server::LogServer;
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::Server;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::log::{Log, LogError};
+use crate::server::auth::{AclError, Authorizer};
+use crate::server::{LocalLog, LogService};
+use crate::transport::tls::{self, TlsError};
+use crate::transport::{PlainTcp, TlsTcp, Transport, Unix};
+
+/// Largest gRPC message beyond the record limit (batches, framing).
+const MESSAGE_SLACK: usize = 64 << 20;
+/// How long shutdown waits for streams and calls to finish.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Another agent holds the data dir.
+    #[error("data dir {} is locked by another agent", .0.display())]
+    Locked(PathBuf),
+    /// The log failed to open or recover.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// TLS material was unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The ACL files were unusable.
+    #[error(transparent)]
+    Acl(#[from] AclError),
+    /// Binding or another I/O step failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
+    let what = what.into();
+    move |source| AgentError::Io { what, source }
+}
+
+/// Settings that change live on reload, applied by the embedding program
+/// (the log level lives in `main`'s tracing subscriber).
+pub type LogLevelHook = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// A running agent.
+pub struct Agent {
+    config: ArcSwap<Config>,
+    log: Arc<Log>,
+    auth: Arc<Authorizer>,
+    tls: Option<Arc<ArcSwap<ServerConfig>>>,
+    max_record_bytes: Arc<AtomicU64>,
+    rpc_addr: SocketAddr,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+    log_level: Option<LogLevelHook>,
+    _lock: File,
+}
+
+impl Agent {
+    /// Starts serving with a validated `config`.
+    pub async fn start(
+        config: Config,
+        log_level: Option<LogLevelHook>,
+    ) -> Result<Agent, AgentError> {
+        tls::install_crypto_provider();
+        let lock = lock_data_dir(&config.data_dir)?;
+        let log_dir = config.data_dir.join("log");
+        let log_config = config.log_config();
+        let log = tokio::task::spawn_blocking(move || Log::open(log_dir, log_config))
+            .await
+            .map_err(|e| io_err("opening the log")(std::io::Error::other(e)))??;
+        let log = Arc::new(log);
+        let (auth, tls) = if config.dev {
+            warn!("dev mode: no TLS, no ACL, listening on 127.0.0.1 only");
+            (Authorizer::allow_all(), None)
+        } else {
+            let (model, policy) = (
+                config.acl_model_file.as_ref(),
+                config.acl_policy_file.as_ref(),
+            );
+            let auth = Authorizer::from_files(
+                model.expect("validated"),
+                policy.expect("validated"),
+                config.unix_socket_subject.clone(),
+            )
+            .await?;
+            (auth, Some(Arc::new(ArcSwap::new(load_tls(&config)?))))
+        };
+        let auth = Arc::new(auth);
+        let listener = TcpListener::bind(config.rpc_addr())
+            .await
+            .map_err(io_err(format!("binding rpc address {}", config.rpc_addr())))?;
+        let rpc_addr = listener
+            .local_addr()
+            .map_err(io_err("reading the bound address"))?;
+        let unix = match &config.unix_socket {
+            Some(path) => Some(
+                Unix::bind(path, config.unix_mode().expect("validated"))
+                    .map_err(io_err(format!("binding unix socket {}", path.display())))?,
+            ),
+            None => None,
+        };
+        let cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let max_record_bytes = Arc::new(AtomicU64::new(config.max_record_bytes));
+        let local = LocalLog::new(
+            Arc::clone(&log),
+            config.node_name.clone(),
+            rpc_addr.to_string(),
+        );
+        let service = LogService::new(
+            Arc::new(local),
+            Arc::clone(&auth),
+            Arc::clone(&max_record_bytes),
+            cancel.clone(),
+        );
+        let agent = Agent {
+            config: ArcSwap::from_pointee(config),
+            log,
+            auth,
+            tls,
+            max_record_bytes,
+            rpc_addr,
+            cancel,
+            tasks,
+            log_level,
+            _lock: lock,
+        };
+        match &agent.tls {
+            Some(tls) => {
+                agent
+                    .serve(
+                        TlsTcp {
+                            listener,
+                            tls: Arc::clone(tls),
+                        },
+                        service.clone(),
+                    )
+                    .await
+            }
+            None => agent.serve(PlainTcp { listener }, service.clone()).await,
+        }
+        if let Some(unix) = unix {
+            info!(path = %unix.path.display(), "serving on unix socket");
+            agent.serve(unix, service).await;
+        }
+        info!(addr = %rpc_addr, node = %agent.config.load().node_name, "serving log.v1.Log");
+        Ok(agent)
+    }
+
+    async fn serve<T: Transport>(&self, transport: T, service: LogService) {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter.set_serving::<LogServer<LogService>>().await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proglog_proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .expect("the descriptor set compiled from log.proto is valid");
+        let limit = self.config.load().max_record_bytes as usize + MESSAGE_SLACK;
+        let log = LogServer::new(service)
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit);
+        let incoming = transport.incoming(self.cancel.clone());
+        let stop = self.cancel.clone().cancelled_owned();
+        self.tasks.spawn(async move {
+            let served = Server::builder()
+                .add_service(health)
+                .add_service(reflection)
+                .add_service(log)
+                .serve_with_incoming_shutdown(incoming, stop)
+                .await;
+            if let Err(e) = served {
+                error!(error = %e, "gRPC server failed");
+            }
+        });
+    }
+
+    /// The bound gRPC address (useful with port 0).
+    pub fn rpc_addr(&self) -> SocketAddr {
+        self.rpc_addr
+    }
+
+    /// The current configuration.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Re-reads what can change live: ACL policy, server TLS files, and
+    /// from `new_config` (if given) the log level and record size limit.
+    /// Each part that fails keeps its old state; the errors are returned.
+    pub async fn reload(&self, new_config: Option<Config>) -> Vec<String> {
+        let mut errors = Vec::new();
+        if let Err(e) = self.auth.reload().await {
+            errors.push(e.to_string());
+        }
+        if let Some(live) = new_config {
+            self.apply_live(live, &mut errors);
+        }
+        if let Some(tls) = &self.tls {
+            match load_tls(&self.config.load()) {
+                Ok(config) => tls.store(config),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        for e in &errors {
+            warn!(error = %e, "reload failed; keeping the previous state");
+        }
+        if errors.is_empty() {
+            info!("reloaded ACL, TLS and live settings");
+        }
+        errors
+    }
+
+    fn apply_live(&self, new: Config, errors: &mut Vec<String>) {
+        let old = self.config.load_full();
+        let mut applied = (*old).clone();
+        if new.log_level != old.log_level {
+            match self.log_level.as_ref().map(|set| set(&new.log_level)) {
+                Some(Err(e)) => errors.push(format!("log_level = {}: {e}", new.log_level)),
+                _ => applied.log_level = new.log_level.clone(),
+            }
+        }
+        if new.max_record_bytes != old.max_record_bytes {
+            self.max_record_bytes
+                .store(new.max_record_bytes, Ordering::Relaxed);
+            applied.max_record_bytes = new.max_record_bytes;
+        }
+        // TLS and ACL file paths may move too; the files are re-read after.
+        applied.server_tls_cert_file = new.server_tls_cert_file.clone();
+        applied.server_tls_key_file = new.server_tls_key_file.clone();
+        applied.server_tls_ca_file = new.server_tls_ca_file.clone();
+        let restart_only = new.data_dir != old.data_dir
+            || new.rpc_port != old.rpc_port
+            || new.bind_addr != old.bind_addr
+            || new.unix_socket != old.unix_socket
+            || new.sync != old.sync;
+        if restart_only {
+            warn!("some changed settings (addresses, data dir, sync) take effect on restart");
+        }
+        self.config.store(Arc::new(applied));
+    }
+
+    /// Files whose change should trigger a reload.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let c = self.config.load();
+        [
+            &c.acl_model_file,
+            &c.acl_policy_file,
+            &c.server_tls_cert_file,
+            &c.server_tls_key_file,
+            &c.server_tls_ca_file,
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect()
+    }
+
+    /// Stops accepting, ends streams, waits for calls to drain (bounded),
+    /// then syncs and closes the log.
+    pub async fn shutdown(self) -> Result<(), LogError> {
+        info!("shutting down");
+        self.cancel.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(DRAIN_DEADLINE, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!("calls still running after the drain deadline; closing anyway");
+        }
+        let log = Arc::clone(&self.log);
+        tokio::task::spawn_blocking(move || log.close())
+            .await
+            .unwrap_or(Err(LogError::Closed))?;
+        info!("log closed");
+        Ok(())
+    }
+}
+
+fn load_tls(config: &Config) -> Result<Arc<ServerConfig>, TlsError> {
+    let need = |p: &Option<PathBuf>| p.clone().expect("validated: TLS files set unless dev");
+    tls::server_config(
+        &need(&config.server_tls_cert_file),
+        &need(&config.server_tls_key_file),
+        &need(&config.server_tls_ca_file),
+    )
+}
+
+/// Creates the data dir and takes an exclusive lock on `LOCK` in it, held
+/// for the life of the agent.
+fn lock_data_dir(dir: &Path) -> Result<File, AgentError> {
+    std::fs::create_dir_all(dir).map_err(io_err(format!("creating data dir {}", dir.display())))?;
+    let path = dir.join("LOCK");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(format!("opening {}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(AgentError::Locked(dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(io_err(format!("locking {}", path.display()))(e))
+        }
+    }
+}

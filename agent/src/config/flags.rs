@@ -1,0 +1,104 @@
+//! `proglog agent` flags, named as in the book. Every flag is optional so
+//! that only the flags given override the file and the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::LogFormat;
+use crate::bench::wal::SyncMode;
+use crate::units::parse_bytes;
+
+/// Flags of `proglog agent`; unset flags leave lower layers in force.
+#[derive(Debug, Default, Clone, clap::Args, Serialize)]
+pub struct AgentFlags {
+    /// TOML config file (same keys as the flags, in snake_case).
+    #[arg(long)]
+    #[serde(skip)]
+    pub config_file: Option<PathBuf>,
+    /// Directory for records and state.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// Node name (default: hostname).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// Gossip address host:port (default 127.0.0.1:8401).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bind_addr: Option<SocketAddr>,
+    /// gRPC port on the host of --bind-addr (default 8400).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpc_port: Option<u16>,
+    /// Initialize a new cluster with this node (a no-op on existing state).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub bootstrap: bool,
+    /// Development mode: no TLS, no ACL, 127.0.0.1 only; implies --bootstrap.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dev: bool,
+    /// Casbin model file.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acl_model_file: Option<PathBuf>,
+    /// Casbin policy file.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acl_policy_file: Option<PathBuf>,
+    /// Server certificate (PEM).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_tls_cert_file: Option<PathBuf>,
+    /// Server key (PEM).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_tls_key_file: Option<PathBuf>,
+    /// CA that signs client certificates (PEM).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_tls_ca_file: Option<PathBuf>,
+    /// Unix socket path for the co-located app.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unix_socket: Option<PathBuf>,
+    /// ACL subject of Unix socket clients.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unix_socket_subject: Option<String>,
+    /// Unix socket file mode, octal (default 0660).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unix_socket_mode: Option<String>,
+    /// Tracing filter (default info).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+    /// Log format.
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+    /// When appends are synced (default always).
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncMode>,
+    /// Sync period with --sync interval (default 10).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync_interval_ms: Option<u64>,
+    /// Largest record value in bytes (default 1MiB).
+    #[arg(long, value_parser = parse_bytes)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_record_bytes: Option<u64>,
+    /// Segment store size limit (default 64MiB).
+    #[arg(long, value_parser = parse_bytes)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segment_max_store_bytes: Option<u64>,
+    /// Segment index size limit (default 8MiB).
+    #[arg(long, value_parser = parse_bytes)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segment_max_index_bytes: Option<u64>,
+}

@@ -1,0 +1,279 @@
+//! Agent configuration: defaults < TOML file < `PROGLOG_*` environment <
+//! command-line flags, merged with figment, then validated before anything
+//! binds a port. Errors name the key, the value and the reason.
+
+mod flags;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+pub use flags::AgentFlags;
+
+use crate::bench::wal::SyncMode;
+use crate::log::LogConfig;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// The agent's settings, snake_case names as in the TOML file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where records, Raft state and the lock file live.
+    pub data_dir: PathBuf,
+    /// This node's name (default: the hostname).
+    pub node_name: String,
+    /// Gossip address; its host with `rpc_port` is the advertised RPC address.
+    pub bind_addr: SocketAddr,
+    /// Port of gRPC (and Raft) on the host of `bind_addr`.
+    pub rpc_port: u16,
+    /// Initialize a new cluster with this node (no-op when state exists).
+    pub bootstrap: bool,
+    /// No TLS, no ACL, 127.0.0.1 only: for development.
+    pub dev: bool,
+    /// Casbin model file.
+    pub acl_model_file: Option<PathBuf>,
+    /// Casbin policy file.
+    pub acl_policy_file: Option<PathBuf>,
+    /// Server certificate chain (PEM).
+    pub server_tls_cert_file: Option<PathBuf>,
+    /// Server private key (PEM).
+    pub server_tls_key_file: Option<PathBuf>,
+    /// CA bundle that signs client certificates (PEM).
+    pub server_tls_ca_file: Option<PathBuf>,
+    /// Unix socket for the co-located app (no TLS; file mode guards it).
+    pub unix_socket: Option<PathBuf>,
+    /// ACL subject of clients on the Unix socket.
+    pub unix_socket_subject: Option<String>,
+    /// File mode of the Unix socket, octal text such as "0660".
+    pub unix_socket_mode: String,
+    /// Tracing filter, e.g. `info` or `proglog_agent=debug,info`.
+    pub log_level: String,
+    /// `json` or `text`.
+    pub log_format: LogFormat,
+    /// When appends are synced: `always`, `interval` or `never`.
+    pub sync: SyncMode,
+    /// Sync period with `sync = "interval"`.
+    pub sync_interval_ms: u64,
+    /// Largest record value accepted, in bytes.
+    pub max_record_bytes: u64,
+    /// Segment store size limit, in bytes.
+    pub segment_max_store_bytes: u64,
+    /// Segment index size limit, in bytes.
+    pub segment_max_index_bytes: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let log = LogConfig::default();
+        Config {
+            data_dir: PathBuf::from("/var/lib/proglog"),
+            node_name: hostname(),
+            bind_addr: SocketAddr::from(([127, 0, 0, 1], 8401)),
+            rpc_port: 8400,
+            bootstrap: false,
+            dev: false,
+            acl_model_file: None,
+            acl_policy_file: None,
+            server_tls_cert_file: None,
+            server_tls_key_file: None,
+            server_tls_ca_file: None,
+            unix_socket: None,
+            unix_socket_subject: None,
+            unix_socket_mode: "0660".into(),
+            log_level: "info".into(),
+            log_format: LogFormat::Text,
+            sync: SyncMode::Always,
+            sync_interval_ms: 10,
+            max_record_bytes: 1 << 20,
+            segment_max_store_bytes: log.max_store_bytes,
+            segment_max_index_bytes: log.max_index_bytes,
+        }
+    }
+}
+
+/// A configuration problem: which key, which value, why.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn invalid(key: &str, value: impl std::fmt::Display, reason: &str) -> ConfigError {
+    ConfigError(format!("invalid {key} = {value}: {reason}"))
+}
+
+impl Config {
+    /// Merges defaults, the TOML file (flag `--config-file` or env
+    /// `PROGLOG_CONFIG_FILE`), `PROGLOG_*` variables and the flags, then
+    /// validates the result.
+    pub fn load(flags: &AgentFlags) -> Result<Config, ConfigError> {
+        let file = flags
+            .config_file
+            .clone()
+            .or_else(|| std::env::var_os("PROGLOG_CONFIG_FILE").map(PathBuf::from));
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = &file {
+            if !file.is_file() {
+                return Err(invalid("config_file", file.display(), "no such file"));
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        let figment = figment
+            .merge(Env::prefixed("PROGLOG_").ignore(&["config_file"]))
+            .merge(Serialized::defaults(flags));
+        let config: Config = figment
+            .extract()
+            .map_err(|e| describe(e, file.as_deref()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values the types alone can't: ranges, pairs that go together,
+    /// files that must exist.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_name.is_empty() {
+            return Err(invalid("node_name", "\"\"", "must not be empty"));
+        }
+        if self.rpc_port == 0 && !self.dev {
+            // Port 0 is allowed for tests and dev, where the bound port is logged.
+        }
+        if self.unix_socket.is_some() != self.unix_socket_subject.is_some() {
+            return Err(invalid(
+                "unix_socket",
+                self.unix_socket
+                    .as_deref()
+                    .map_or("(unset)".into(), |p| p.display().to_string()),
+                "unix_socket and unix_socket_subject go together: set both or neither",
+            ));
+        }
+        self.unix_mode()?;
+        if self.max_record_bytes == 0 || self.max_record_bytes > crate::log::store::MAX_RECORD_LEN {
+            return Err(invalid(
+                "max_record_bytes",
+                self.max_record_bytes,
+                "must be between 1 and 4294967295",
+            ));
+        }
+        if self.segment_max_store_bytes < 1024 {
+            return Err(invalid(
+                "segment_max_store_bytes",
+                self.segment_max_store_bytes,
+                "must be at least 1024",
+            ));
+        }
+        if self.segment_max_index_bytes < 1024 {
+            return Err(invalid(
+                "segment_max_index_bytes",
+                self.segment_max_index_bytes,
+                "must be at least 1024",
+            ));
+        }
+        if self.sync == SyncMode::Interval && self.sync_interval_ms == 0 {
+            return Err(invalid(
+                "sync_interval_ms",
+                0,
+                "must be positive with sync = interval",
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log_level)
+            .map_err(|e| invalid("log_level", &self.log_level, &e.to_string()))?;
+        if !self.dev {
+            let required = [
+                ("server_tls_cert_file", &self.server_tls_cert_file),
+                ("server_tls_key_file", &self.server_tls_key_file),
+                ("server_tls_ca_file", &self.server_tls_ca_file),
+                ("acl_model_file", &self.acl_model_file),
+                ("acl_policy_file", &self.acl_policy_file),
+            ];
+            for (key, value) in required {
+                match value {
+                    None => return Err(invalid(key, "(unset)", "required unless --dev")),
+                    Some(path) if !path.is_file() => {
+                        return Err(invalid(key, path.display(), "no such file"))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The Unix socket's file mode.
+    pub fn unix_mode(&self) -> Result<u32, ConfigError> {
+        u32::from_str_radix(self.unix_socket_mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| {
+                invalid(
+                    "unix_socket_mode",
+                    &self.unix_socket_mode,
+                    "expected an octal mode such as 0660",
+                )
+            })
+    }
+
+    /// The address gRPC listens on: the host of `bind_addr` (127.0.0.1
+    /// with `dev`) and `rpc_port`.
+    pub fn rpc_addr(&self) -> SocketAddr {
+        let ip = if self.dev {
+            [127, 0, 0, 1].into()
+        } else {
+            self.bind_addr.ip()
+        };
+        SocketAddr::new(ip, self.rpc_port)
+    }
+
+    /// WAL settings derived from this config.
+    pub fn log_config(&self) -> LogConfig {
+        LogConfig {
+            max_store_bytes: self.segment_max_store_bytes,
+            max_index_bytes: self.segment_max_index_bytes,
+            sync: self
+                .sync
+                .policy(Duration::from_millis(self.sync_interval_ms)),
+            ..LogConfig::default()
+        }
+    }
+}
+
+/// Turns a figment error into one line naming the key, the value and where
+/// it came from.
+fn describe(e: figment::Error, file: Option<&Path>) -> ConfigError {
+    let mut lines = Vec::new();
+    for err in e {
+        let key = if err.path.is_empty() {
+            "config".to_string()
+        } else {
+            err.path.join(".")
+        };
+        let source = match (&err.metadata, file) {
+            (Some(m), _) => format!(" (from {})", m.name),
+            (None, Some(f)) => format!(" (in {})", f.display()),
+            _ => String::new(),
+        };
+        lines.push(format!("invalid {key}: {}{source}", err.kind));
+    }
+    ConfigError(lines.join("; "))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "proglog".into())
+}
+
+#[cfg(test)]
+mod tests;

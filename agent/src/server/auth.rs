@@ -1,0 +1,138 @@
+//! Authentication (who: the client certificate's Common Name, or the
+//! configured subject of the Unix socket) and authorization (Casbin, the
+//! book's model: subject, object `*`, action `produce`|`consume`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use casbin::{CoreApi, DefaultModel, Enforcer, FileAdapter};
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Request, Status};
+
+use crate::transport::tls::common_name;
+
+/// The ACL object: a literal `*`, as in the book.
+pub const OBJECT: &str = "*";
+/// Action of the write RPCs.
+pub const PRODUCE: &str = "produce";
+/// Action of the read RPCs.
+pub const CONSUME: &str = "consume";
+
+/// The ACL could not be loaded from its files.
+#[derive(Debug, thiserror::Error)]
+#[error("ACL {}: {source}", path.display())]
+pub struct AclError {
+    /// The model or policy file at fault.
+    pub path: PathBuf,
+    /// Casbin's complaint.
+    #[source]
+    pub source: casbin::Error,
+}
+
+/// Decides whether a subject may perform an action. Reloadable: a reload
+/// builds a new enforcer from the files and swaps it in only if it loads.
+pub struct Authorizer {
+    files: Option<(PathBuf, PathBuf)>,
+    enforcer: ArcSwapOption<Enforcer>,
+    unix_subject: Option<String>,
+}
+
+impl std::fmt::Debug for Authorizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authorizer")
+            .field("files", &self.files)
+            .finish()
+    }
+}
+
+impl Authorizer {
+    /// Loads the Casbin model and policy files.
+    pub async fn from_files(
+        model: &Path,
+        policy: &Path,
+        unix_subject: Option<String>,
+    ) -> Result<Authorizer, AclError> {
+        let enforcer = load(model, policy).await?;
+        Ok(Authorizer {
+            files: Some((model.to_path_buf(), policy.to_path_buf())),
+            enforcer: ArcSwapOption::from_pointee(enforcer),
+            unix_subject,
+        })
+    }
+
+    /// Allows everyone (dev mode: no TLS, no ACL).
+    pub fn allow_all() -> Authorizer {
+        Authorizer {
+            files: None,
+            enforcer: ArcSwapOption::empty(),
+            unix_subject: None,
+        }
+    }
+
+    /// Re-reads the ACL files; on error the old policy stays in force.
+    pub async fn reload(&self) -> Result<(), AclError> {
+        if let Some((model, policy)) = &self.files {
+            self.enforcer
+                .store(Some(Arc::new(load(model, policy).await?)));
+        }
+        Ok(())
+    }
+
+    /// Checks that the caller of `req` may perform `action`.
+    pub fn authorize<T>(&self, req: &Request<T>, action: &str) -> Result<(), Status> {
+        let Some(enforcer) = self.enforcer.load_full() else {
+            return Ok(());
+        };
+        let subject = self.subject(req)?;
+        match enforcer.enforce((subject.as_str(), OBJECT, action)) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Status::permission_denied(format!(
+                "{subject} not permitted to {action} to {OBJECT}"
+            ))),
+            Err(e) => Err(Status::internal(format!("ACL evaluation failed: {e}"))),
+        }
+    }
+
+    /// The caller's identity: the Unix socket's subject, or the CN of the
+    /// client certificate.
+    pub fn subject<T>(&self, req: &Request<T>) -> Result<String, Status> {
+        if req.extensions().get::<UdsConnectInfo>().is_some() {
+            return self.unix_subject.clone().ok_or_else(|| {
+                Status::unauthenticated("no subject configured for the unix socket")
+            });
+        }
+        let certs = req
+            .peer_certs()
+            .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        common_name(leaf.as_ref())
+            .ok_or_else(|| Status::unauthenticated("client certificate has no common name"))
+    }
+}
+
+async fn load(model: &Path, policy: &Path) -> Result<Enforcer, AclError> {
+    let m = DefaultModel::from_file(model)
+        .await
+        .map_err(|source| AclError {
+            path: model.to_path_buf(),
+            source,
+        })?;
+    if !policy.is_file() {
+        return Err(AclError {
+            path: policy.to_path_buf(),
+            source: casbin::Error::IoError(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such file",
+            )),
+        });
+    }
+    Enforcer::new(m, FileAdapter::new(policy.to_path_buf()))
+        .await
+        .map_err(|source| AclError {
+            path: policy.to_path_buf(),
+            source,
+        })
+}

@@ -1,0 +1,265 @@
+//! The `log.v1.Log` gRPC service over a [`CommitLog`].
+//!
+//! The service sees storage only through [`CommitLog`]: the local WAL
+//! serves it now ([`LocalLog`]), the Raft-backed log later, and the agent
+//! picks one. Errors map to statuses in `status.rs`; authorization is in
+//! `auth.rs`.
+
+pub mod auth;
+mod status;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use proglog_proto::log_server::Log as LogRpc;
+use proglog_proto::{
+    ConsumeRequest, ConsumeResponse, GetServersRequest, GetServersResponse, ProduceBatchRequest,
+    ProduceBatchResponse, ProduceRequest, ProduceResponse, Record, Server,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::log::{Log, LogError};
+use auth::{Authorizer, CONSUME, PRODUCE};
+
+/// A boxed future returned by [`CommitLog::append`].
+pub type AppendFuture = Pin<Box<dyn Future<Output = Result<u64, LogError>> + Send>>;
+
+/// What the gRPC service needs from storage.
+pub trait CommitLog: Send + Sync + 'static {
+    /// Appends `records` contiguously; resolves to the first offset once
+    /// they are durable (the next offset for an empty batch).
+    fn append(&self, records: Vec<Vec<u8>>) -> AppendFuture;
+    /// Reads a committed record (a fast positional read).
+    fn read(&self, offset: u64) -> Result<Vec<u8>, LogError>;
+    /// The visible high watermark (next offset), updated as records commit.
+    fn subscribe(&self) -> watch::Receiver<u64>;
+    /// The servers of the cluster, for `GetServers`.
+    fn servers(&self) -> Vec<Server>;
+}
+
+/// A single node's WAL as a [`CommitLog`]: it is its own leader.
+pub struct LocalLog {
+    log: Arc<Log>,
+    me: Server,
+}
+
+impl LocalLog {
+    /// Serves `log`, advertising this node as `id` at `rpc_addr`.
+    pub fn new(log: Arc<Log>, id: String, rpc_addr: String) -> LocalLog {
+        LocalLog {
+            log,
+            me: Server {
+                id,
+                rpc_addr,
+                is_leader: true,
+            },
+        }
+    }
+}
+
+impl CommitLog for LocalLog {
+    fn append(&self, records: Vec<Vec<u8>>) -> AppendFuture {
+        let log = Arc::clone(&self.log);
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || log.append_batch(&records))
+                .await
+                .unwrap_or(Err(LogError::Closed))
+        })
+    }
+
+    fn read(&self, offset: u64) -> Result<Vec<u8>, LogError> {
+        self.log.read(offset)
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.log.subscribe()
+    }
+
+    fn servers(&self) -> Vec<Server> {
+        vec![self.me.clone()]
+    }
+}
+
+/// The `log.v1.Log` service. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct LogService {
+    log: Arc<dyn CommitLog>,
+    auth: Arc<Authorizer>,
+    max_record_bytes: Arc<AtomicU64>,
+    shutdown: CancellationToken,
+}
+
+impl LogService {
+    /// A service over `log`, checking callers with `auth`. Records larger
+    /// than `max_record_bytes` (live-adjustable) are refused; streams end
+    /// when `shutdown` fires.
+    pub fn new(
+        log: Arc<dyn CommitLog>,
+        auth: Arc<Authorizer>,
+        max_record_bytes: Arc<AtomicU64>,
+        shutdown: CancellationToken,
+    ) -> LogService {
+        LogService {
+            log,
+            auth,
+            max_record_bytes,
+            shutdown,
+        }
+    }
+
+    fn check_size(&self, records: &[Record]) -> Result<(), Status> {
+        let max = self.max_record_bytes.load(Ordering::Relaxed);
+        match records.iter().find(|r| r.value.len() as u64 > max) {
+            Some(r) => Err(Status::resource_exhausted(format!(
+                "record of {} bytes exceeds max_record_bytes = {max}",
+                r.value.len()
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    async fn produce_one(&self, req: ProduceRequest) -> Result<ProduceResponse, Status> {
+        let record = req
+            .record
+            .ok_or_else(|| Status::invalid_argument("ProduceRequest.record is missing"))?;
+        self.check_size(std::slice::from_ref(&record))?;
+        let offset = self.log.append(vec![record.value]).await?;
+        Ok(ProduceResponse { offset })
+    }
+}
+
+#[tonic::async_trait]
+impl LogRpc for LogService {
+    async fn produce(
+        &self,
+        req: Request<ProduceRequest>,
+    ) -> Result<Response<ProduceResponse>, Status> {
+        self.auth.authorize(&req, PRODUCE)?;
+        self.produce_one(req.into_inner()).await.map(Response::new)
+    }
+
+    async fn consume(
+        &self,
+        req: Request<ConsumeRequest>,
+    ) -> Result<Response<ConsumeResponse>, Status> {
+        self.auth.authorize(&req, CONSUME)?;
+        let offset = req.into_inner().offset;
+        let value = self.log.read(offset)?;
+        Ok(Response::new(ConsumeResponse {
+            record: Some(Record {
+                value,
+                offset,
+                ..Record::default()
+            }),
+        }))
+    }
+
+    type ConsumeStreamStream = ReceiverStream<Result<ConsumeResponse, Status>>;
+
+    async fn consume_stream(
+        &self,
+        req: Request<ConsumeRequest>,
+    ) -> Result<Response<Self::ConsumeStreamStream>, Status> {
+        self.auth.authorize(&req, CONSUME)?;
+        let mut offset = req.into_inner().offset;
+        let (tx, rx) = mpsc::channel(64);
+        let (log, shutdown) = (Arc::clone(&self.log), self.shutdown.clone());
+        let mut watermark = log.subscribe();
+        tokio::spawn(async move {
+            loop {
+                // At the end of the log: wait for an append, the client
+                // leaving, or shutdown. No polling.
+                while offset >= *watermark.borrow_and_update() {
+                    tokio::select! {
+                        _ = tx.closed() => return,
+                        _ = shutdown.cancelled() => return,
+                        changed = watermark.changed() => if changed.is_err() { return },
+                    }
+                }
+                let item = log
+                    .read(offset)
+                    .map_err(Status::from)
+                    .map(|value| ConsumeResponse {
+                        record: Some(Record {
+                            value,
+                            offset,
+                            ..Record::default()
+                        }),
+                    });
+                let failed = item.is_err();
+                tokio::select! {
+                    sent = tx.send(item) => if sent.is_err() { return },
+                    _ = shutdown.cancelled() => return,
+                }
+                if failed {
+                    return;
+                }
+                offset += 1;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type ProduceStreamStream = ReceiverStream<Result<ProduceResponse, Status>>;
+
+    async fn produce_stream(
+        &self,
+        req: Request<Streaming<ProduceRequest>>,
+    ) -> Result<Response<Self::ProduceStreamStream>, Status> {
+        self.auth.authorize(&req, PRODUCE)?;
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    _ = this.shutdown.cancelled() => return,
+                    _ = tx.closed() => return,
+                    next = inbound.message() => next,
+                };
+                let req = match next {
+                    Ok(Some(req)) => req,
+                    Ok(None) | Err(_) => return,
+                };
+                let reply = this.produce_one(req).await;
+                if tx.send(reply).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get_servers(
+        &self,
+        _req: Request<GetServersRequest>,
+    ) -> Result<Response<GetServersResponse>, Status> {
+        Ok(Response::new(GetServersResponse {
+            servers: self.log.servers(),
+        }))
+    }
+
+    async fn produce_batch(
+        &self,
+        req: Request<ProduceBatchRequest>,
+    ) -> Result<Response<ProduceBatchResponse>, Status> {
+        self.auth.authorize(&req, PRODUCE)?;
+        let batch = req.into_inner();
+        self.check_size(&batch.records)?;
+        let count = batch.records.len() as u64;
+        let values = batch.records.into_iter().map(|r| r.value).collect();
+        let first_offset = self.log.append(values).await?;
+        Ok(Response::new(ProduceBatchResponse {
+            first_offset,
+            count,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests;
