@@ -258,7 +258,10 @@ fn describe(e: figment::Error, file: Option<&Path>) -> ConfigError {
             err.path.join(".")
         };
         let source = match (&err.metadata, file) {
-            (Some(m), _) => format!(" (from {})", m.name),
+            (Some(m), _) => match &m.source {
+                Some(figment::Source::File(path)) => format!(" (in {})", path.display()),
+                _ => format!(" (from {})", m.name),
+            },
             (None, Some(f)) => format!(" (in {})", f.display()),
             _ => String::new(),
         };

@@ -1,1 +1,145 @@
+//! Config precedence and error messages (figment's Jail isolates env and
+//! files per test).
 
+use figment::Jail;
+
+use super::{AgentFlags, Config};
+
+fn dev_flags() -> AgentFlags {
+    AgentFlags {
+        dev: true,
+        ..AgentFlags::default()
+    }
+}
+
+#[test]
+fn file_then_env_then_flags_take_precedence() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "proglog.toml",
+            "dev = true\nrpc_port = 1111\nnode_name = \"from-file\"\nmax_record_bytes = 10\nlog_level = \"debug\"\n",
+        )?;
+        jail.set_env("PROGLOG_RPC_PORT", "2222");
+        jail.set_env("PROGLOG_NODE_NAME", "from-env");
+        let flags = AgentFlags {
+            config_file: Some("proglog.toml".into()),
+            rpc_port: Some(3333),
+            ..AgentFlags::default()
+        };
+        let config = Config::load(&flags).map_err(|e| e.to_string())?;
+        assert_eq!(config.rpc_port, 3333, "flag beats env and file");
+        assert_eq!(config.node_name, "from-env", "env beats file");
+        assert_eq!(config.max_record_bytes, 10, "file beats default");
+        assert_eq!(config.log_level, "debug");
+        assert_eq!(config.unix_socket_mode, "0660", "default stays");
+        Ok(())
+    });
+}
+
+#[test]
+fn an_unknown_key_is_named() {
+    Jail::expect_with(|jail| {
+        jail.create_file("proglog.toml", "dev = true\nrpc_prot = 1\n")?;
+        let flags = AgentFlags {
+            config_file: Some("proglog.toml".into()),
+            ..AgentFlags::default()
+        };
+        let err = Config::load(&flags).unwrap_err().to_string();
+        assert!(err.contains("rpc_prot"), "{err}");
+        Ok(())
+    });
+}
+
+#[test]
+fn a_bad_value_names_key_and_value() {
+    Jail::expect_with(|jail| {
+        jail.set_env("PROGLOG_RPC_PORT", "seventy");
+        let err = Config::load(&dev_flags()).unwrap_err().to_string();
+        assert!(err.contains("rpc_port"), "{err}");
+        assert!(err.contains("seventy"), "{err}");
+        Ok(())
+    });
+}
+
+#[test]
+fn a_bad_file_value_overridden_by_a_flag_is_fine() {
+    Jail::expect_with(|jail| {
+        jail.create_file("proglog.toml", "dev = true\nunix_socket_mode = \"999\"\n")?;
+        let flags = AgentFlags {
+            config_file: Some("proglog.toml".into()),
+            unix_socket_mode: Some("0600".into()),
+            ..dev_flags()
+        };
+        let config = Config::load(&flags).map_err(|e| e.to_string())?;
+        assert_eq!(config.unix_mode().unwrap(), 0o600);
+        Ok(())
+    });
+}
+
+#[test]
+fn validation_names_the_key_and_reason() {
+    Jail::expect_with(|_| {
+        let cases: Vec<(AgentFlags, &str)> = vec![
+            (AgentFlags::default(), "server_tls_cert_file"),
+            (
+                AgentFlags {
+                    unix_socket: Some("/tmp/x.sock".into()),
+                    ..dev_flags()
+                },
+                "unix_socket_subject",
+            ),
+            (
+                AgentFlags {
+                    unix_socket_mode: Some("rwx".into()),
+                    ..dev_flags()
+                },
+                "unix_socket_mode",
+            ),
+            (
+                AgentFlags {
+                    max_record_bytes: Some(0),
+                    ..dev_flags()
+                },
+                "max_record_bytes",
+            ),
+            (
+                AgentFlags {
+                    log_level: Some("[[[".into()),
+                    ..dev_flags()
+                },
+                "log_level",
+            ),
+            (
+                AgentFlags {
+                    config_file: Some("missing.toml".into()),
+                    ..dev_flags()
+                },
+                "missing.toml",
+            ),
+        ];
+        for (flags, key) in cases {
+            let err = Config::load(&flags).unwrap_err().to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn the_example_config_file_parses_and_documents_every_key() {
+    let text = include_str!("../../../config/proglog.toml");
+    let example: Config = toml_like(text);
+    assert_eq!(example, Config { node_name: example.node_name.clone(), ..Config::default() });
+    let defaults = serde_json::to_value(Config::default()).unwrap();
+    for key in defaults.as_object().unwrap().keys() {
+        assert!(text.contains(&format!("{key} =")) || text.contains(&format!("# {key} =")), "config/proglog.toml lacks {key}");
+    }
+}
+
+fn toml_like(text: &str) -> Config {
+    use figment::providers::{Format, Serialized, Toml};
+    figment::Figment::from(Serialized::defaults(Config::default()))
+        .merge(Toml::string(text))
+        .extract()
+        .unwrap()
+}

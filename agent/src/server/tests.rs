@@ -1,1 +1,384 @@
+//! Server tests over real TLS and sockets: the book's server tests, the
+//! security edges, limits, streams and reload.
 
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use proglog_client::{Client, Error, Target, Tls};
+use proglog_proto::{ProduceBatchRequest, ProduceRequest, Record};
+use tokio::io::AsyncWriteExt;
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+use crate::agent::Agent;
+use crate::config::Config;
+
+/// One agent on 127.0.0.1:0 with fresh certs and an editable ACL.
+struct Node {
+    agent: Agent,
+    dir: tempfile::TempDir,
+}
+
+impl Node {
+    async fn start(customize: impl FnOnce(&mut Config)) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        crate::certs::generate(&certs, &["127.0.0.1".into(), "localhost".into()]).unwrap();
+        let acl = dir.path().join("acl");
+        std::fs::create_dir(&acl).unwrap();
+        std::fs::write(acl.join("model.conf"), include_str!("../../../config/model.conf")).unwrap();
+        std::fs::write(acl.join("policy.csv"), include_str!("../../../config/policy.csv")).unwrap();
+        let mut config = Config {
+            data_dir: dir.path().join("data"),
+            node_name: "test-node".into(),
+            rpc_port: 0,
+            acl_model_file: Some(acl.join("model.conf")),
+            acl_policy_file: Some(acl.join("policy.csv")),
+            server_tls_cert_file: Some(certs.join("server.pem")),
+            server_tls_key_file: Some(certs.join("server-key.pem")),
+            server_tls_ca_file: Some(certs.join("ca.pem")),
+            ..Config::default()
+        };
+        customize(&mut config);
+        config.validate().unwrap();
+        let agent = Agent::start(config, None).await.unwrap();
+        Node { agent, dir }
+    }
+
+    fn certs(&self) -> PathBuf {
+        self.dir.path().join("certs")
+    }
+
+    fn tls(&self, user: &str) -> Tls {
+        let c = self.certs();
+        Tls::from_files(
+            &c.join("ca.pem"),
+            &c.join(format!("{user}-client.pem")),
+            &c.join(format!("{user}-client-key.pem")),
+        )
+        .unwrap()
+    }
+
+    async fn client(&self, user: &str) -> Client {
+        self.connect(Some(self.tls(user))).await.unwrap()
+    }
+
+    async fn connect(&self, tls: Option<Tls>) -> Result<Client, Error> {
+        Client::connect(Target::Tcp {
+            addr: self.agent.rpc_addr().to_string(),
+            tls,
+        })
+        .await
+    }
+}
+
+fn code<T: std::fmt::Debug>(r: Result<T, Error>) -> Code {
+    match r {
+        Err(Error::Status(s)) => s.code(),
+        other => panic!("expected a status, got {other:?}"),
+    }
+}
+
+/// Polls `check` until it returns true or the deadline passes.
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn produce_then_consume_returns_the_record() {
+    let node = Node::start(|_| {}).await;
+    let mut c = node.client("root").await;
+    assert_eq!(c.produce("hello world").await.unwrap(), 0);
+    assert_eq!(c.produce("second").await.unwrap(), 1);
+    assert_eq!(c.consume(0).await.unwrap(), b"hello world");
+    assert_eq!(c.consume(1).await.unwrap(), b"second");
+}
+
+#[tokio::test]
+async fn consume_past_the_end_is_out_of_range() {
+    let node = Node::start(|_| {}).await;
+    let mut c = node.client("root").await;
+    c.produce("x").await.unwrap();
+    match c.consume(1).await {
+        Err(Error::Status(s)) => {
+            assert_eq!(s.code(), Code::OutOfRange);
+            assert_eq!(s.message(), "offset out of range: 1");
+        }
+        other => panic!("expected OUT_OF_RANGE, got {other:?}"),
+    }
+    assert_eq!(code(c.consume(u64::MAX).await), Code::OutOfRange);
+}
+
+#[tokio::test]
+async fn produce_stream_and_consume_stream_keep_order() {
+    let node = Node::start(|_| {}).await;
+    let mut c = node.client("root").await;
+    let values: Vec<Vec<u8>> = (0..20u8).map(|i| vec![b'a' + i; 1 + i as usize]).collect();
+    let requests = values.clone().into_iter().map(|value| ProduceRequest {
+        record: Some(Record {
+            value,
+            ..Record::default()
+        }),
+        ..ProduceRequest::default()
+    });
+    let mut replies = c
+        .rpc()
+        .produce_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    for expected in 0..20u64 {
+        assert_eq!(replies.next().await.unwrap().unwrap().offset, expected);
+    }
+    let mut stream = c.consume_stream(0).await.unwrap();
+    for (i, value) in values.iter().enumerate() {
+        let (offset, got) = stream.next().await.unwrap().unwrap();
+        assert_eq!((offset, &got), (i as u64, value));
+    }
+    // At the end the stream waits and is woken by the next append.
+    let mut producer = node.client("root").await;
+    producer.produce("late").await.unwrap();
+    let (offset, got) = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("stream woke up")
+        .unwrap()
+        .unwrap();
+    assert_eq!((offset, got.as_slice()), (20, &b"late"[..]));
+}
+
+#[tokio::test]
+async fn nobody_is_denied_produce_and_consume() {
+    let node = Node::start(|_| {}).await;
+    node.client("root").await.produce("x").await.unwrap();
+    let mut c = node.client("nobody").await;
+    assert_eq!(code(c.produce("x").await), Code::PermissionDenied);
+    assert_eq!(code(c.consume(0).await), Code::PermissionDenied);
+    assert_eq!(code(c.produce_batch(vec![b"x".to_vec()]).await), Code::PermissionDenied);
+    let stream = c.consume_stream(0).await;
+    assert_eq!(code(stream.map(|_| ())), Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn clients_without_a_valid_certificate_are_rejected() {
+    let node = Node::start(|_| {}).await;
+    // Plaintext to the TLS port.
+    let plain = async { node.connect(None).await?.produce("x").await };
+    assert!(plain.await.is_err());
+    // TLS without a client certificate: the handshake fails.
+    let no_cert = tonic::transport::ClientTlsConfig::new().ca_certificate(
+        tonic::transport::Certificate::from_pem(std::fs::read(node.certs().join("ca.pem")).unwrap()),
+    );
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{}", node.agent.rpc_addr()))
+        .unwrap()
+        .tls_config(no_cert)
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(channel) = channel {
+        let mut rpc = proglog_proto::log_client::LogClient::new(channel);
+        assert!(rpc.consume(proglog_proto::ConsumeRequest { offset: 0 }).await.is_err());
+    }
+    // A certificate from another CA.
+    let foreign = node.dir.path().join("foreign");
+    crate::certs::generate(&foreign, &["127.0.0.1".into()]).unwrap();
+    let tls = Tls::from_files(
+        &node.certs().join("ca.pem"),
+        &foreign.join("root-client.pem"),
+        &foreign.join("root-client-key.pem"),
+    )
+    .unwrap();
+    let forged = async { node.connect(Some(tls)).await?.produce("x").await };
+    assert!(forged.await.is_err());
+    // The server still serves proper clients.
+    assert_eq!(node.client("root").await.produce("ok").await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn unix_socket_serves_without_tls_as_its_subject() {
+    let socket = tempfile::tempdir().unwrap();
+    let path = socket.path().join("proglog.sock");
+    let node = Node::start(|c| {
+        c.unix_socket = Some(path.clone());
+        c.unix_socket_subject = Some("root".into());
+    })
+    .await;
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o660);
+    let mut c = Client::connect(Target::Unix(path.clone())).await.unwrap();
+    assert_eq!(c.produce("via unix").await.unwrap(), 0);
+    assert_eq!(node.client("root").await.consume(0).await.unwrap(), b"via unix");
+
+    let denied_path = socket.path().join("nobody.sock");
+    let other = Node::start(|c| {
+        c.unix_socket = Some(denied_path.clone());
+        c.unix_socket_subject = Some("nobody".into());
+    })
+    .await;
+    let mut c = Client::connect(Target::Unix(denied_path)).await.unwrap();
+    assert_eq!(code(c.produce("x").await), Code::PermissionDenied);
+    drop(other);
+}
+
+#[tokio::test]
+async fn record_limits_empty_records_and_batches() {
+    let node = Node::start(|c| c.max_record_bytes = 1000).await;
+    let mut c = node.client("root").await;
+    assert_eq!(code(c.produce(vec![0u8; 1001]).await), Code::ResourceExhausted);
+    assert_eq!(
+        code(c.produce_batch(vec![vec![1], vec![0u8; 1001]]).await),
+        Code::ResourceExhausted
+    );
+    assert_eq!(c.produce(vec![0u8; 1000]).await.unwrap(), 0);
+    assert_eq!(c.produce(Vec::new()).await.unwrap(), 1);
+    assert_eq!(c.consume(1).await.unwrap(), b"");
+    let empty = c
+        .rpc()
+        .produce_batch(ProduceBatchRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((empty.first_offset, empty.count), (2, 0));
+    let first = c.produce_batch(vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]).await.unwrap();
+    assert_eq!(first, 2);
+    assert_eq!(c.consume(4).await.unwrap(), b"c");
+    let missing = c.rpc().produce(ProduceRequest::default()).await;
+    assert_eq!(missing.unwrap_err().code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn garbage_and_silent_connections_do_not_disturb_serving() {
+    let node = Node::start(|_| {}).await;
+    let addr = node.agent.rpc_addr();
+    let _silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    for first in [0x00u8, 0x01, 0x16, b'G'] {
+        let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut junk = vec![first];
+        junk.extend((0..4096u32).map(|i| (i * 7919 % 251) as u8));
+        let _ = sock.write_all(&junk).await;
+        drop(sock);
+    }
+    let mut c = node.client("root").await;
+    assert_eq!(c.produce("still here").await.unwrap(), 0);
+    assert_eq!(c.servers().await.unwrap()[0].id, "test-node");
+}
+
+#[tokio::test]
+async fn get_servers_lists_this_node_as_leader() {
+    let node = Node::start(|_| {}).await;
+    let servers = node.client("root").await.servers().await.unwrap();
+    assert_eq!(servers.len(), 1);
+    assert!(servers[0].is_leader);
+    assert_eq!(servers[0].rpc_addr, node.agent.rpc_addr().to_string());
+}
+
+#[tokio::test]
+async fn health_service_reports_serving() {
+    let node = Node::start(|_| {}).await;
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(
+            std::fs::read(node.certs().join("ca.pem")).unwrap(),
+        ))
+        .identity(tonic::transport::Identity::from_pem(
+            std::fs::read(node.certs().join("root-client.pem")).unwrap(),
+            std::fs::read(node.certs().join("root-client-key.pem")).unwrap(),
+        ));
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{}", node.agent.rpc_addr()))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let reply = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "log.v1.Log".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.status(), tonic_health::pb::health_check_response::ServingStatus::Serving);
+}
+
+#[tokio::test]
+async fn abandoned_streams_leave_no_task_behind() {
+    let node = Node::start(|_| {}).await;
+    let mut c = node.client("root").await;
+    c.produce("x").await.unwrap();
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let baseline = metrics.num_alive_tasks();
+    let mut streams = Vec::new();
+    for _ in 0..5 {
+        let mut s = c.consume_stream(0).await.unwrap();
+        s.next().await.unwrap().unwrap(); // now waiting at the end of the log
+        streams.push(s);
+    }
+    assert!(metrics.num_alive_tasks() > baseline);
+    drop(streams);
+    eventually("stream tasks to end", async || metrics.num_alive_tasks() <= baseline).await;
+}
+
+#[tokio::test]
+async fn live_acl_edit_applies_to_new_calls() {
+    let node = Node::start(|_| {}).await;
+    let mut nobody = node.client("nobody").await;
+    assert_eq!(code(nobody.produce("x").await), Code::PermissionDenied);
+    let policy = node.dir.path().join("acl/policy.csv");
+    replace(&policy, "p, root, *, produce\np, root, *, consume\np, nobody, *, produce\n");
+    assert!(node.agent.reload(None).await.is_empty());
+    assert_eq!(nobody.produce("now allowed").await.unwrap(), 0);
+    // A broken policy keeps the old one.
+    std::fs::remove_file(&policy).unwrap();
+    assert!(!node.agent.reload(None).await.is_empty());
+    assert_eq!(nobody.produce("still allowed").await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn rotated_server_certs_apply_to_new_connections_while_old_streams_flow() {
+    let node = Node::start(|_| {}).await;
+    let mut old = node.client("root").await;
+    old.produce("before").await.unwrap();
+    let mut stream = old.consume_stream(0).await.unwrap();
+    assert_eq!(stream.next().await.unwrap().unwrap().1, b"before");
+
+    // Rotate to a new CA: server cert, key and client CA.
+    let fresh = node.dir.path().join("fresh");
+    crate::certs::generate(&fresh, &["127.0.0.1".into()]).unwrap();
+    for name in ["server.pem", "server-key.pem", "ca.pem"] {
+        replace(&node.certs().join(name), &std::fs::read_to_string(fresh.join(name)).unwrap());
+    }
+    assert!(node.agent.reload(None).await.is_empty());
+
+    // New connections need the new CA on both sides.
+    let new_tls = Tls::from_files(
+        &fresh.join("ca.pem"),
+        &fresh.join("root-client.pem"),
+        &fresh.join("root-client-key.pem"),
+    )
+    .unwrap();
+    let mut new = node.connect(Some(new_tls)).await.unwrap();
+    assert_eq!(new.produce("after").await.unwrap(), 1);
+    let stale = async {
+        let mut c = node.connect(Some(node.tls("root"))).await?;
+        c.produce("x").await
+    };
+    assert!(stale.await.is_err(), "a client of the old CA must not get in");
+    // The stream opened before the rotation keeps flowing.
+    let (offset, value) = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!((offset, value.as_slice()), (1, &b"after"[..]));
+}
+
+/// Replaces a file by rename, as deployment tools do.
+fn replace(path: &Path, contents: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
