@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the agent.
-    Agent(AgentFlags),
+    Agent(Box<AgentFlags>),
     /// Append records: each argument, or each line of stdin; prints offsets.
     Produce {
         #[command(flatten)]
@@ -77,12 +77,18 @@ enum Command {
 enum BenchTarget {
     /// Append to a local WAL from N threads.
     Wal(bench::wal::WalArgs),
+    /// Produce to an agent, N calls in flight.
+    Produce(bench::grpc::GrpcArgs),
+    /// Consume existing records from an agent, N calls in flight.
+    Consume(bench::grpc::GrpcArgs),
+    /// Read with ConsumeStream from offset 0, N streams.
+    Stream(bench::grpc::GrpcArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Agent(flags) => run_agent(flags),
+        Command::Agent(flags) => run_agent(*flags),
         Command::Version => {
             println!("proglog {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
@@ -90,13 +96,16 @@ fn main() -> ExitCode {
         Command::Certs { dir, hosts } => {
             report("certs", certs::generate(&dir, &hosts).map_err(Into::into))
         }
-        Command::Bench {
-            target: BenchTarget::Wal(args),
-        } => {
-            init_tracing("warn", LogFormat::Text);
-            let result = bench::wal::run(&args).map(|r| r.print(args.json));
-            report("bench wal", result.map_err(Into::into))
-        }
+        Command::Bench { target } => match target {
+            BenchTarget::Wal(args) => {
+                init_tracing("warn", LogFormat::Text);
+                let result = bench::wal::run(&args).map(|r| r.print(args.json));
+                report("bench wal", result.map_err(Into::into))
+            }
+            BenchTarget::Produce(args) => bench_grpc(bench::grpc::Op::Produce, args),
+            BenchTarget::Consume(args) => bench_grpc(bench::grpc::Op::Consume, args),
+            BenchTarget::Stream(args) => bench_grpc(bench::grpc::Op::Stream, args),
+        },
         Command::Produce { conn, values } => client(|| cli::produce(&conn, values)),
         Command::Consume {
             conn,
@@ -108,11 +117,18 @@ fn main() -> ExitCode {
     }
 }
 
+fn bench_grpc(op: bench::grpc::Op, args: bench::grpc::GrpcArgs) -> ExitCode {
+    client(|| async move {
+        bench::grpc::run(op, &args).await?.print(args.json);
+        Ok(())
+    })
+}
+
 fn report(what: &str, result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("proglog {what}: {e:#}");
+            eprintln!("proglog {what}: {e}");
             ExitCode::FAILURE
         }
     }
@@ -123,7 +139,7 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<(), proglog_client::Error>>,
 {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("building a tokio runtime");

@@ -1,4 +1,241 @@
-//! Harness for tests that start real `proglog` processes.
-//!
-//! Empty until the agent serves gRPC (issue 4): the WAL's own tests,
-//! including its crash test, live next to the code in `proglog-agent`.
+//! Harness for tests that start real `proglog` processes: builds the binary
+//! once, makes certificates, starts and kills agents, runs CLI commands, and
+//! polls with deadlines (never sleeps as synchronisation).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the workspace")
+        .to_path_buf()
+}
+
+/// Path of the `proglog` binary, built (once per test process) with the
+/// same cargo that runs the tests.
+pub fn proglog_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "proglog-agent",
+                "--bin",
+                "proglog",
+            ])
+            .current_dir(workspace())
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building proglog failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace().join("target"));
+        target.join("debug").join("proglog")
+    })
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics naming
+/// `what` after `timeout`.
+pub fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `proglog` with `args`, feeding `stdin`.
+pub fn proglog(args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(proglog_bin())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning proglog");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Certificates and ACL files for one test, in a temp dir.
+pub struct Fixture {
+    /// The temp dir holding everything.
+    pub dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    /// Makes certs with `proglog certs` and copies the example ACL.
+    pub fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        let out = proglog(&["certs", "--dir", certs.to_str().unwrap()], "");
+        assert!(
+            out.status.success(),
+            "proglog certs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for f in ["model.conf", "policy.csv"] {
+            std::fs::copy(workspace().join("config").join(f), dir.path().join(f)).unwrap();
+        }
+        Fixture { dir }
+    }
+
+    /// A path inside the fixture.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// `proglog agent` flags for a TLS node with this fixture's files.
+    pub fn agent_args(&self, data_dir: &str, port: u16) -> Vec<String> {
+        let p = |rel: &str| self.path(rel).display().to_string();
+        [
+            "agent",
+            "--data-dir",
+            &p(data_dir),
+            "--rpc-port",
+            &port.to_string(),
+            "--bind-addr",
+            &format!("127.0.0.1:{}", free_port()),
+            "--bootstrap",
+            "--acl-model-file",
+            &p("model.conf"),
+            "--acl-policy-file",
+            &p("policy.csv"),
+            "--server-tls-cert-file",
+            &p("certs/server.pem"),
+            "--server-tls-key-file",
+            &p("certs/server-key.pem"),
+            "--server-tls-ca-file",
+            &p("certs/ca.pem"),
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    /// Client flags for `user` (root or nobody) against `port`.
+    pub fn client_args(&self, user: &str, port: u16) -> Vec<String> {
+        let p = |rel: String| self.path(&rel).display().to_string();
+        vec![
+            "--addr".into(),
+            format!("127.0.0.1:{port}"),
+            "--tls-ca-file".into(),
+            p("certs/ca.pem".into()),
+            "--tls-cert-file".into(),
+            p(format!("certs/{user}-client.pem")),
+            "--tls-key-file".into(),
+            p(format!("certs/{user}-client-key.pem")),
+        ]
+    }
+}
+
+impl Default for Fixture {
+    fn default() -> Self {
+        Fixture::new()
+    }
+}
+
+/// Runs a client subcommand (`produce`, `consume`, ...) with `conn` flags.
+pub fn client(cmd: &str, conn: &[String], extra: &[&str], stdin: &str) -> Output {
+    let mut args: Vec<&str> = vec![cmd];
+    args.extend(conn.iter().map(String::as_str));
+    args.extend(extra);
+    proglog(&args, stdin)
+}
+
+/// A running `proglog agent` process; killed on drop.
+pub struct AgentProcess {
+    child: Child,
+    /// Where its stderr goes.
+    pub log: PathBuf,
+}
+
+impl AgentProcess {
+    /// Starts `proglog <args>` with stderr to `log`.
+    pub fn start(args: &[String], log: PathBuf) -> AgentProcess {
+        let stderr = std::fs::File::create(&log).unwrap();
+        let child = Command::new(proglog_bin())
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawning proglog agent");
+        AgentProcess { child, log }
+    }
+
+    /// Waits until `proglog servers` with `conn` succeeds.
+    pub fn wait_ready(&mut self, conn: &[String]) {
+        eventually("the agent to serve", Duration::from_secs(30), || {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("agent exited with {status}: {}", self.stderr());
+            }
+            client("servers", conn, &[], "")
+                .status
+                .success()
+                .then_some(())
+        });
+    }
+
+    /// The agent's stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Sends `signal` (e.g. "TERM", "HUP") with kill(1).
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{signal} failed");
+    }
+
+    /// Waits for the process to exit (bounded) and returns its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        eventually("the agent to exit", timeout, || {
+            self.child.try_wait().unwrap()
+        })
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

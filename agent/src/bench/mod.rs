@@ -2,6 +2,7 @@
 //! latency percentiles. Numbers are for notes and comparisons, never
 //! asserted in tests.
 
+pub mod grpc;
 pub mod wal;
 
 use std::time::Duration;

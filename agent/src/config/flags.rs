@@ -61,6 +61,22 @@ pub struct AgentFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_tls_ca_file: Option<PathBuf>,
+    /// Peer certificate (PEM), for Raft connections.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_tls_cert_file: Option<PathBuf>,
+    /// Peer key (PEM).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_tls_key_file: Option<PathBuf>,
+    /// CA that signs peer certificates (PEM).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_tls_ca_file: Option<PathBuf>,
+    /// Extra peer certificate CNs to accept, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_names: Option<Vec<String>>,
     /// Unix socket path for the co-located app.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -53,6 +53,14 @@ pub struct Config {
     pub server_tls_key_file: Option<PathBuf>,
     /// CA bundle that signs client certificates (PEM).
     pub server_tls_ca_file: Option<PathBuf>,
+    /// Peer certificate chain (PEM) for Raft connections on the 0x01 path.
+    pub peer_tls_cert_file: Option<PathBuf>,
+    /// Peer private key (PEM).
+    pub peer_tls_key_file: Option<PathBuf>,
+    /// CA bundle that signs peer certificates (PEM).
+    pub peer_tls_ca_file: Option<PathBuf>,
+    /// Extra Common Names accepted from peers besides our own peer CN.
+    pub peer_names: Vec<String>,
     /// Unix socket for the co-located app (no TLS; file mode guards it).
     pub unix_socket: Option<PathBuf>,
     /// ACL subject of clients on the Unix socket.
@@ -90,6 +98,10 @@ impl Default for Config {
             server_tls_cert_file: None,
             server_tls_key_file: None,
             server_tls_ca_file: None,
+            peer_tls_cert_file: None,
+            peer_tls_key_file: None,
+            peer_tls_ca_file: None,
+            peer_names: Vec::new(),
             unix_socket: None,
             unix_socket_subject: None,
             unix_socket_mode: "0660".into(),
@@ -185,6 +197,27 @@ impl Config {
                 0,
                 "must be positive with sync = interval",
             ));
+        }
+        let peer = [
+            ("peer_tls_cert_file", &self.peer_tls_cert_file),
+            ("peer_tls_key_file", &self.peer_tls_key_file),
+            ("peer_tls_ca_file", &self.peer_tls_ca_file),
+        ];
+        let set = peer.iter().filter(|(_, v)| v.is_some()).count();
+        for (key, value) in peer {
+            match value {
+                None if set > 0 => {
+                    return Err(invalid(
+                        key,
+                        "(unset)",
+                        "the three peer_tls_* files go together",
+                    ))
+                }
+                Some(path) if !path.is_file() => {
+                    return Err(invalid(key, path.display(), "no such file"))
+                }
+                _ => {}
+            }
         }
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .map_err(|e| invalid("log_level", &self.log_level, &e.to_string()))?;

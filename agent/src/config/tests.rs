@@ -1,6 +1,9 @@
 //! Config precedence and error messages (figment's Jail isolates env and
 //! files per test).
 
+// figment's Jail returns its own (large) error type; that is its API.
+#![allow(clippy::result_large_err)]
+
 use figment::Jail;
 
 use super::{AgentFlags, Config};
@@ -129,10 +132,19 @@ fn validation_names_the_key_and_reason() {
 fn the_example_config_file_parses_and_documents_every_key() {
     let text = include_str!("../../../config/proglog.toml");
     let example: Config = toml_like(text);
-    assert_eq!(example, Config { node_name: example.node_name.clone(), ..Config::default() });
+    assert_eq!(
+        example,
+        Config {
+            node_name: example.node_name.clone(),
+            ..Config::default()
+        }
+    );
     let defaults = serde_json::to_value(Config::default()).unwrap();
     for key in defaults.as_object().unwrap().keys() {
-        assert!(text.contains(&format!("{key} =")) || text.contains(&format!("# {key} =")), "config/proglog.toml lacks {key}");
+        assert!(
+            text.contains(&format!("{key} =")) || text.contains(&format!("# {key} =")),
+            "config/proglog.toml lacks {key}"
+        );
     }
 }
 

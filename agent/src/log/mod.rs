@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use error::IoContext;
 pub use error::{LogError, Result};
-pub use wal::{Log, LogReader, SyncStats};
+pub use wal::{Appended, Log, LogReader, SyncStats};
 
 /// When appends are made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

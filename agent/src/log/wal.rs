@@ -12,6 +12,7 @@
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 
@@ -22,6 +23,15 @@ use super::error::{IoContext, LogError, Result};
 use super::segment::{self, Segment, SegmentLimits};
 use super::store::MAX_RECORD_LEN;
 use super::{sync_dir, LogConfig, SyncPolicy};
+
+/// Where a batch landed: its first offset and the offset after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Offset of the first record.
+    pub first: u64,
+    /// Offset the next record will get.
+    pub next: u64,
+}
 
 /// A segmented, durable, append-only log of byte records with dense offsets.
 ///
@@ -47,6 +57,10 @@ struct Shared {
     work: Condvar,
     /// Next offset readers may not see yet (the visible high watermark).
     visible: watch::Sender<u64>,
+    /// Mirror of `SyncState::failed` readable without the sync mutex (the
+    /// async waiter checks it while holding the watch's lock, and the
+    /// syncer publishes to the watch while holding the sync mutex).
+    failed: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -151,6 +165,7 @@ impl Log {
             round_done: [Condvar::new(), Condvar::new()],
             work: Condvar::new(),
             visible: watch::Sender::new(next),
+            failed: AtomicBool::new(false),
             config,
         });
         let syncer = match shared.config.sync {
@@ -176,9 +191,24 @@ impl Log {
 
     /// Appends records contiguously and returns the offset of the first
     /// (the next offset if `records` is empty). A batch may span segments.
+    /// With [`SyncPolicy::Always`] it returns once the records are durable.
     /// If an I/O error interrupts a batch, a prefix of it may have been
     /// written; the log then refuses writes until reopened.
     pub fn append_batch<R: AsRef<[u8]>>(&self, records: &[R]) -> Result<u64> {
+        self.shared.wait_for_room()?;
+        let appended = self.append_batch_nowait(records)?;
+        if self.shared.config.sync == SyncPolicy::Always {
+            self.shared.wait_synced(appended.next)?;
+        }
+        Ok(appended.first)
+    }
+
+    /// Writes records without waiting for them to become durable; the
+    /// syncer is told there is work. Await [`Log::wait_durable`] with the
+    /// returned `next` to learn when they are. Does not block on the
+    /// unsynced-bytes bound: callers that may run far ahead check
+    /// [`Log::over_unsynced_bound`] first.
+    pub fn append_batch_nowait<R: AsRef<[u8]>>(&self, records: &[R]) -> Result<Appended> {
         for r in records {
             let size = r.as_ref().len() as u64;
             if size > MAX_RECORD_LEN {
@@ -190,19 +220,42 @@ impl Log {
         }
         let shared = &*self.shared;
         if records.is_empty() {
-            return Ok(*shared.visible.borrow());
+            let next = shared.lock_sync().written;
+            return Ok(Appended { first: next, next });
         }
-        shared.wait_for_room()?;
         let (first, next, bytes) = {
             let mut inner = shared.write_inner()?;
             let result = shared.write_records(&mut inner, records);
             if result.is_err() {
-                shared.lock_sync().failed = true;
+                shared.fail(&mut shared.lock_sync());
             }
             result?
         };
-        shared.written(next, bytes)?;
-        Ok(first)
+        shared.written(next, bytes);
+        Ok(Appended { first, next })
+    }
+
+    /// Whether more bytes are written but unsynced than the configured
+    /// bound (blocking appends would wait).
+    pub fn over_unsynced_bound(&self) -> bool {
+        let st = self.shared.lock_sync();
+        self.shared.config.sync != SyncPolicy::Never
+            && st.written_bytes.saturating_sub(st.synced_bytes)
+                > self.shared.config.max_unsynced_bytes
+    }
+
+    /// Resolves once every offset below `next` is durable and visible, or
+    /// fails if a sync failed. Under [`SyncPolicy::Interval`] that is the
+    /// next interval sync; under `Never`, at once.
+    pub async fn wait_durable(&self, next: u64) -> Result<()> {
+        let mut visible = self.shared.visible.subscribe();
+        let failed = || self.shared.failed.load(Ordering::Acquire);
+        let _ = visible.wait_for(|v| *v >= next || failed()).await;
+        if *visible.borrow() >= next {
+            Ok(())
+        } else {
+            Err(LogError::SyncFailed)
+        }
     }
 
     /// Makes every record written so far durable and visible, whatever the
@@ -326,6 +379,7 @@ impl Log {
         st.written = initial_offset;
         st.synced = initial_offset;
         st.failed = false;
+        shared.failed.store(false, Ordering::Release);
         shared.visible.send_replace(initial_offset);
         Ok(())
     }
@@ -412,6 +466,12 @@ impl Shared {
         Ok(inner)
     }
 
+    /// Marks the log failed: no more writes until reopened.
+    fn fail(&self, st: &mut SyncState) {
+        st.failed = true;
+        self.failed.store(true, Ordering::Release);
+    }
+
     fn lock_sync(&self) -> MutexGuard<'_, SyncState> {
         self.sync.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -445,25 +505,21 @@ impl Shared {
         Ok((first, next, bytes))
     }
 
-    /// Records a write up to `next` and applies the policy: wait for a sync
-    /// (always), or make it visible at once (never).
-    fn written(&self, next: u64, bytes: u64) -> Result<()> {
+    /// Records a write up to `next` and applies the policy: wake the
+    /// syncer (always), or make it visible at once (never).
+    fn written(&self, next: u64, bytes: u64) {
         let mut st = self.lock_sync();
         st.written = st.written.max(next);
         st.written_bytes += bytes;
         match self.config.sync {
-            SyncPolicy::Always => {
-                drop(st);
-                self.wait_synced(next)
-            }
-            SyncPolicy::Interval(_) => Ok(()),
+            SyncPolicy::Always if !st.syncing => self.work.notify_one(),
+            SyncPolicy::Always | SyncPolicy::Interval(_) => {}
             SyncPolicy::Never => {
                 self.visible.send_if_modified(|v| {
                     let grew = next > *v;
                     *v = (*v).max(next);
                     grew
                 });
-                Ok(())
             }
         }
     }
@@ -558,8 +614,9 @@ impl Shared {
             Err(e) => {
                 error!(file = %path.display(), error = %e,
                     "fdatasync failed; refusing writes until the log is reopened");
-                st.failed = true;
+                self.fail(&mut st);
                 self.round_done[((round + 1) % 2) as usize].notify_all();
+                self.visible.send_modify(|_| {});
             }
         }
         self.round_done[(round % 2) as usize].notify_all();

@@ -66,9 +66,17 @@ impl CommitLog for LocalLog {
     fn append(&self, records: Vec<Vec<u8>>) -> AppendFuture {
         let log = Arc::clone(&self.log);
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || log.append_batch(&records))
-                .await
-                .unwrap_or(Err(LogError::Closed))
+            if log.over_unsynced_bound() {
+                // Far ahead of the disk: wait on a blocking thread.
+                return tokio::task::spawn_blocking(move || log.append_batch(&records))
+                    .await
+                    .unwrap_or(Err(LogError::Closed));
+            }
+            // The write itself is a short page-cache copy; durability is
+            // awaited without holding a thread.
+            let appended = log.append_batch_nowait(&records)?;
+            log.wait_durable(appended.next).await?;
+            Ok(appended.first)
         })
     }
 

@@ -26,8 +26,16 @@ impl Node {
         crate::certs::generate(&certs, &["127.0.0.1".into(), "localhost".into()]).unwrap();
         let acl = dir.path().join("acl");
         std::fs::create_dir(&acl).unwrap();
-        std::fs::write(acl.join("model.conf"), include_str!("../../../config/model.conf")).unwrap();
-        std::fs::write(acl.join("policy.csv"), include_str!("../../../config/policy.csv")).unwrap();
+        std::fs::write(
+            acl.join("model.conf"),
+            include_str!("../../../config/model.conf"),
+        )
+        .unwrap();
+        std::fs::write(
+            acl.join("policy.csv"),
+            include_str!("../../../config/policy.csv"),
+        )
+        .unwrap();
         let mut config = Config {
             data_dir: dir.path().join("data"),
             node_name: "test-node".into(),
@@ -157,7 +165,10 @@ async fn nobody_is_denied_produce_and_consume() {
     let mut c = node.client("nobody").await;
     assert_eq!(code(c.produce("x").await), Code::PermissionDenied);
     assert_eq!(code(c.consume(0).await), Code::PermissionDenied);
-    assert_eq!(code(c.produce_batch(vec![b"x".to_vec()]).await), Code::PermissionDenied);
+    assert_eq!(
+        code(c.produce_batch(vec![b"x".to_vec()]).await),
+        Code::PermissionDenied
+    );
     let stream = c.consume_stream(0).await;
     assert_eq!(code(stream.map(|_| ())), Code::PermissionDenied);
 }
@@ -170,17 +181,23 @@ async fn clients_without_a_valid_certificate_are_rejected() {
     assert!(plain.await.is_err());
     // TLS without a client certificate: the handshake fails.
     let no_cert = tonic::transport::ClientTlsConfig::new().ca_certificate(
-        tonic::transport::Certificate::from_pem(std::fs::read(node.certs().join("ca.pem")).unwrap()),
+        tonic::transport::Certificate::from_pem(
+            std::fs::read(node.certs().join("ca.pem")).unwrap(),
+        ),
     );
-    let channel = tonic::transport::Endpoint::from_shared(format!("https://{}", node.agent.rpc_addr()))
-        .unwrap()
-        .tls_config(no_cert)
-        .unwrap()
-        .connect()
-        .await;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("https://{}", node.agent.rpc_addr()))
+            .unwrap()
+            .tls_config(no_cert)
+            .unwrap()
+            .connect()
+            .await;
     if let Ok(channel) = channel {
         let mut rpc = proglog_proto::log_client::LogClient::new(channel);
-        assert!(rpc.consume(proglog_proto::ConsumeRequest { offset: 0 }).await.is_err());
+        assert!(rpc
+            .consume(proglog_proto::ConsumeRequest { offset: 0 })
+            .await
+            .is_err());
     }
     // A certificate from another CA.
     let foreign = node.dir.path().join("foreign");
@@ -206,11 +223,15 @@ async fn unix_socket_serves_without_tls_as_its_subject() {
         c.unix_socket_subject = Some("root".into());
     })
     .await;
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o660);
     let mut c = Client::connect(Target::Unix(path.clone())).await.unwrap();
     assert_eq!(c.produce("via unix").await.unwrap(), 0);
-    assert_eq!(node.client("root").await.consume(0).await.unwrap(), b"via unix");
+    assert_eq!(
+        node.client("root").await.consume(0).await.unwrap(),
+        b"via unix"
+    );
 
     let denied_path = socket.path().join("nobody.sock");
     let other = Node::start(|c| {
@@ -227,7 +248,10 @@ async fn unix_socket_serves_without_tls_as_its_subject() {
 async fn record_limits_empty_records_and_batches() {
     let node = Node::start(|c| c.max_record_bytes = 1000).await;
     let mut c = node.client("root").await;
-    assert_eq!(code(c.produce(vec![0u8; 1001]).await), Code::ResourceExhausted);
+    assert_eq!(
+        code(c.produce(vec![0u8; 1001]).await),
+        Code::ResourceExhausted
+    );
     assert_eq!(
         code(c.produce_batch(vec![vec![1], vec![0u8; 1001]]).await),
         Code::ResourceExhausted
@@ -242,7 +266,10 @@ async fn record_limits_empty_records_and_batches() {
         .unwrap()
         .into_inner();
     assert_eq!((empty.first_offset, empty.count), (2, 0));
-    let first = c.produce_batch(vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]).await.unwrap();
+    let first = c
+        .produce_batch(vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()])
+        .await
+        .unwrap();
     assert_eq!(first, 2);
     assert_eq!(c.consume(4).await.unwrap(), b"c");
     let missing = c.rpc().produce(ProduceRequest::default()).await;
@@ -286,13 +313,14 @@ async fn health_service_reports_serving() {
             std::fs::read(node.certs().join("root-client.pem")).unwrap(),
             std::fs::read(node.certs().join("root-client-key.pem")).unwrap(),
         ));
-    let channel = tonic::transport::Endpoint::from_shared(format!("https://{}", node.agent.rpc_addr()))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("https://{}", node.agent.rpc_addr()))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let reply = health
         .check(tonic_health::pb::HealthCheckRequest {
@@ -301,7 +329,10 @@ async fn health_service_reports_serving() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(reply.status(), tonic_health::pb::health_check_response::ServingStatus::Serving);
+    assert_eq!(
+        reply.status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
 }
 
 #[tokio::test]
@@ -319,7 +350,10 @@ async fn abandoned_streams_leave_no_task_behind() {
     }
     assert!(metrics.num_alive_tasks() > baseline);
     drop(streams);
-    eventually("stream tasks to end", async || metrics.num_alive_tasks() <= baseline).await;
+    eventually("stream tasks to end", async || {
+        metrics.num_alive_tasks() <= baseline
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -328,7 +362,10 @@ async fn live_acl_edit_applies_to_new_calls() {
     let mut nobody = node.client("nobody").await;
     assert_eq!(code(nobody.produce("x").await), Code::PermissionDenied);
     let policy = node.dir.path().join("acl/policy.csv");
-    replace(&policy, "p, root, *, produce\np, root, *, consume\np, nobody, *, produce\n");
+    replace(
+        &policy,
+        "p, root, *, produce\np, root, *, consume\np, nobody, *, produce\n",
+    );
     assert!(node.agent.reload(None).await.is_empty());
     assert_eq!(nobody.produce("now allowed").await.unwrap(), 0);
     // A broken policy keeps the old one.
@@ -349,7 +386,10 @@ async fn rotated_server_certs_apply_to_new_connections_while_old_streams_flow() 
     let fresh = node.dir.path().join("fresh");
     crate::certs::generate(&fresh, &["127.0.0.1".into()]).unwrap();
     for name in ["server.pem", "server-key.pem", "ca.pem"] {
-        replace(&node.certs().join(name), &std::fs::read_to_string(fresh.join(name)).unwrap());
+        replace(
+            &node.certs().join(name),
+            &std::fs::read_to_string(fresh.join(name)).unwrap(),
+        );
     }
     assert!(node.agent.reload(None).await.is_empty());
 
@@ -366,7 +406,10 @@ async fn rotated_server_certs_apply_to_new_connections_while_old_streams_flow() 
         let mut c = node.connect(Some(node.tls("root"))).await?;
         c.produce("x").await
     };
-    assert!(stale.await.is_err(), "a client of the old CA must not get in");
+    assert!(
+        stale.await.is_err(),
+        "a client of the old CA must not get in"
+    );
     // The stream opened before the rotation keeps flowing.
     let (offset, value) = tokio::time::timeout(Duration::from_secs(10), stream.next())
         .await

@@ -117,3 +117,48 @@ fn an_oversized_record_fills_an_empty_segment_alone() {
     assert_eq!(log.read(1).unwrap(), big);
     assert_eq!(read_all(&log).len(), 3);
 }
+
+#[test]
+fn many_async_appenders_all_become_durable() {
+    // The runtime runs on its own thread so that a deadlock fails the test
+    // (the watchdog below) instead of hanging it.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let _ = done_tx.send(runtime.block_on(async_appenders()));
+    });
+    let all = done_rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("async appenders hung");
+    assert_eq!(all, (0..64 * 50).collect::<Vec<u64>>());
+}
+
+async fn async_appenders() -> Vec<u64> {
+    let dir = tempfile::tempdir().unwrap();
+    let log = std::sync::Arc::new(Log::open(dir.path(), tiny(64 << 10, 1024)).unwrap());
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..64u8 {
+        let log = log.clone();
+        tasks.spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..50u8 {
+                let appended = log.append_batch_nowait(&[[t, i]]).unwrap();
+                log.wait_durable(appended.next).await.unwrap();
+                // Durable means visible: readable at once.
+                assert_eq!(log.read(appended.first).unwrap(), [t, i]);
+                acked.push(appended.first);
+            }
+            acked
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        all.extend(done.unwrap());
+    }
+    all.sort_unstable();
+    all
+}

@@ -1,0 +1,186 @@
+//! Process-level tests of the real `proglog` binary: restart after kill -9,
+//! exit codes, hot reload by the file watcher, SIGTERM, cfssl certificates.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use proglog_tests::{client, eventually, free_port, proglog, proglog_bin, AgentProcess, Fixture};
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn acked_records_survive_kill_9_and_a_restart_with_the_same_command_line() {
+    let fx = Fixture::new();
+    let port = free_port();
+    let args = fx.agent_args("data", port);
+    let conn = fx.client_args("root", port);
+    let mut agent = AgentProcess::start(&args, fx.path("agent1.log"));
+    agent.wait_ready(&conn);
+
+    // A producer streams lines through the CLI; we read its acks as they come.
+    let mut producer = Command::new(proglog_bin())
+        .arg("produce")
+        .args(&conn)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = producer.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        for i in 0..100_000 {
+            if writeln!(stdin, "record-{i}").is_err() {
+                return;
+            }
+        }
+    });
+    let mut acks = BufReader::new(producer.stdout.take().unwrap()).lines();
+    let mut acked = Vec::new();
+    while acked.len() < 300 {
+        let line = acks.next().expect("producer ended early").unwrap();
+        acked.push(line.parse::<u64>().unwrap());
+    }
+    agent.kill9();
+    acked.extend(
+        acks.map_while(Result::ok)
+            .filter_map(|l| l.parse::<u64>().ok()),
+    );
+    let _ = producer.wait();
+    let _ = feeder.join();
+    assert_eq!(
+        acked,
+        (0..acked.len() as u64).collect::<Vec<_>>(),
+        "offsets are dense"
+    );
+
+    let mut agent = AgentProcess::start(&args, fx.path("agent2.log"));
+    agent.wait_ready(&conn);
+    let out = client("consume", &conn, &["--json"], "");
+    assert!(out.status.success());
+    let records: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        records.len() >= acked.len(),
+        "{} acked, {} present",
+        acked.len(),
+        records.len()
+    );
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r["offset"], i as u64);
+        assert_eq!(r["value"], format!("record-{i}"));
+    }
+    let next = client("produce", &conn, &["after-restart"], "");
+    assert_eq!(stdout(&next).trim(), records.len().to_string());
+}
+
+#[test]
+fn a_locked_data_dir_exits_1_naming_the_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data").display().to_string();
+    let port = free_port().to_string();
+    let conn = vec!["--addr".to_string(), format!("127.0.0.1:{port}")];
+    let first = ["agent", "--dev", "--data-dir", &data, "--rpc-port", &port].map(String::from);
+    let mut a = AgentProcess::start(&first, dir.path().join("a.log"));
+    a.wait_ready(&conn);
+    let other = free_port().to_string();
+    let out = proglog(
+        &["agent", "--dev", "--data-dir", &data, "--rpc-port", &other],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&data) && err.contains("locked"), "{err}");
+    // Dev mode speaks plaintext with the CLI.
+    let produced = client("produce", &conn, &["dev-record"], "");
+    assert_eq!(stdout(&produced).trim(), "0");
+    let consumed = client("consume", &conn, &[], "");
+    assert_eq!(stdout(&consumed), "dev-record\n");
+}
+
+#[test]
+fn bad_config_exits_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("proglog.toml");
+    std::fs::write(&file, "dev = true\nmax_record_bytez = 5\n").unwrap();
+    let out = proglog(&["agent", "--config-file", file.to_str().unwrap()], "");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_record_bytez"), "{err}");
+    assert!(err.contains(file.to_str().unwrap()), "{err}");
+
+    let out = Command::new(proglog_bin())
+        .args(["agent", "--dev"])
+        .env("PROGLOG_SYNC", "sometimes")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sync"));
+}
+
+#[test]
+fn acl_edits_are_picked_up_by_the_file_watcher_and_sigterm_exits_0() {
+    let fx = Fixture::new();
+    let port = free_port();
+    let mut agent = AgentProcess::start(&fx.agent_args("data", port), fx.path("agent.log"));
+    agent.wait_ready(&fx.client_args("root", port));
+    let nobody = fx.client_args("nobody", port);
+    let denied = client("produce", &nobody, &["x"], "");
+    assert!(!denied.status.success());
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("permission"));
+
+    // Replace the policy by rename, as deployment tools do.
+    let tmp = fx.path("policy.csv.new");
+    std::fs::write(
+        &tmp,
+        "p, root, *, produce\np, root, *, consume\np, nobody, *, produce\n",
+    )
+    .unwrap();
+    std::fs::rename(&tmp, fx.path("policy.csv")).unwrap();
+    eventually("nobody to be allowed", Duration::from_secs(10), || {
+        client("produce", &nobody, &["x"], "")
+            .status
+            .success()
+            .then_some(())
+    });
+
+    agent.signal("TERM");
+    let status = agent.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{}", agent.stderr());
+    assert!(agent.stderr().contains("log closed"), "{}", agent.stderr());
+}
+
+#[test]
+fn certificates_made_by_cfssl_are_accepted() {
+    let cfssl = Command::new("cfssl").arg("version").output();
+    assert!(
+        cfssl.is_ok_and(|o| o.status.success()),
+        "cfssl is missing: install Debian's golang-cfssl (.ci/test does)"
+    );
+    let fx = Fixture::new();
+    let gen = proglog_tests::workspace().join("certs/gen.sh");
+    let certs = fx.path("certs");
+    std::fs::remove_dir_all(&certs).unwrap();
+    let out = Command::new("bash").arg(gen).arg(&certs).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = free_port();
+    let mut agent = AgentProcess::start(&fx.agent_args("data", port), fx.path("agent.log"));
+    agent.wait_ready(&fx.client_args("root", port));
+    let ok = client(
+        "produce",
+        &fx.client_args("root", port),
+        &["from-cfssl"],
+        "",
+    );
+    assert_eq!(stdout(&ok).trim(), "0");
+    let denied = client("produce", &fx.client_args("nobody", port), &["x"], "");
+    assert!(!denied.status.success());
+}
