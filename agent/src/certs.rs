@@ -33,6 +33,23 @@ pub enum CertsError {
     },
 }
 
+/// The files [`generate`] writes.
+pub const FILES: [&str; 8] = [
+    "ca.pem",
+    "ca-key.pem",
+    "server.pem",
+    "server-key.pem",
+    "root-client.pem",
+    "root-client-key.pem",
+    "nobody-client.pem",
+    "nobody-client-key.pem",
+];
+
+/// Whether `dir` already holds every file of a generated set.
+pub fn exist(dir: &Path) -> bool {
+    FILES.iter().all(|f| dir.join(f).is_file())
+}
+
 /// Writes `ca.pem`, `ca-key.pem`, `server.pem`, `server-key.pem`,
 /// `root-client.pem`, `root-client-key.pem`, `nobody-client.pem` and
 /// `nobody-client-key.pem` into `dir`. `hosts` become the server's SANs

@@ -63,6 +63,9 @@ enum Command {
         /// Server certificate SANs.
         #[arg(long, value_delimiter = ',', default_value = "127.0.0.1,localhost")]
         hosts: Vec<String>,
+        /// Replace certificates that already exist.
+        #[arg(long)]
+        force: bool,
     },
     /// Measure throughput and latency.
     Bench {
@@ -93,7 +96,14 @@ fn main() -> ExitCode {
             println!("proglog {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::Certs { dir, hosts } => {
+        Command::Certs { dir, hosts, force } => {
+            if !force && certs::exist(&dir) {
+                eprintln!(
+                    "proglog certs: keeping the certificates in {} (--force replaces them)",
+                    dir.display()
+                );
+                return ExitCode::SUCCESS;
+            }
             report("certs", certs::generate(&dir, &hosts).map_err(Into::into))
         }
         Command::Bench { target } => match target {

@@ -235,13 +235,15 @@ impl Log {
         Ok(Appended { first, next })
     }
 
-    /// Whether more bytes are written but unsynced than the configured
-    /// bound (blocking appends would wait).
-    pub fn over_unsynced_bound(&self) -> bool {
+    /// When more bytes are written but unsynced than the configured bound
+    /// (where blocking appends would wait), the next offset written so far:
+    /// async callers await [`Log::wait_durable`] on it before writing more.
+    pub fn over_unsynced_bound(&self) -> Option<u64> {
         let st = self.shared.lock_sync();
-        self.shared.config.sync != SyncPolicy::Never
-            && st.written_bytes.saturating_sub(st.synced_bytes)
-                > self.shared.config.max_unsynced_bytes
+        let unsynced = st.written_bytes.saturating_sub(st.synced_bytes);
+        let over = self.shared.config.sync != SyncPolicy::Never
+            && unsynced > self.shared.config.max_unsynced_bytes;
+        over.then_some(st.written)
     }
 
     /// Resolves once every offset below `next` is durable and visible, or

@@ -26,14 +26,25 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::log::{Log, LogError};
 use auth::{Authorizer, CONSUME, PRODUCE};
 
-/// A boxed future returned by [`CommitLog::append`].
-pub type AppendFuture = Pin<Box<dyn Future<Output = Result<u64, LogError>> + Send>>;
+/// Replies a ProduceStream keeps in flight before it stops reading.
+const STREAM_WINDOW: usize = 256;
+
+/// Resolves to the first offset of an appended batch once it is durable.
+pub type Durable = Pin<Box<dyn Future<Output = Result<u64, LogError>> + Send>>;
+
+/// Resolves once a batch has its place in the log (see [`CommitLog::append`]).
+pub type Ordered = Pin<Box<dyn Future<Output = Result<Durable, LogError>> + Send>>;
 
 /// What the gRPC service needs from storage.
 pub trait CommitLog: Send + Sync + 'static {
-    /// Appends `records` contiguously; resolves to the first offset once
-    /// they are durable (the next offset for an empty batch).
-    fn append(&self, records: Vec<Vec<u8>>) -> AppendFuture;
+    /// Appends `records` contiguously, in two steps: the returned future
+    /// resolves once the batch is ordered after every batch whose `Ordered`
+    /// resolved before (it may wait for the disk to catch up first); the
+    /// `Durable` it yields resolves to the first offset once the batch is
+    /// durable (the next offset for an empty batch). Awaiting `Ordered`
+    /// before appending the next batch, and `Durable` later, pipelines a
+    /// stream of appends without reordering it.
+    fn append(&self, records: Vec<Vec<u8>>) -> Ordered;
     /// Reads a committed record (a fast positional read).
     fn read(&self, offset: u64) -> Result<Vec<u8>, LogError>;
     /// The visible high watermark (next offset), updated as records commit.
@@ -63,20 +74,20 @@ impl LocalLog {
 }
 
 impl CommitLog for LocalLog {
-    fn append(&self, records: Vec<Vec<u8>>) -> AppendFuture {
+    fn append(&self, records: Vec<Vec<u8>>) -> Ordered {
         let log = Arc::clone(&self.log);
         Box::pin(async move {
-            if log.over_unsynced_bound() {
-                // Far ahead of the disk: wait on a blocking thread.
-                return tokio::task::spawn_blocking(move || log.append_batch(&records))
-                    .await
-                    .unwrap_or(Err(LogError::Closed));
+            if let Some(written) = log.over_unsynced_bound() {
+                // Far ahead of the disk: let it catch up before writing more.
+                log.wait_durable(written).await?;
             }
-            // The write itself is a short page-cache copy; durability is
-            // awaited without holding a thread.
+            // The write is a short page-cache copy that fixes the offsets;
+            // durability is awaited without holding a thread.
             let appended = log.append_batch_nowait(&records)?;
-            log.wait_durable(appended.next).await?;
-            Ok(appended.first)
+            Ok(Box::pin(async move {
+                log.wait_durable(appended.next).await?;
+                Ok(appended.first)
+            }) as Durable)
         })
     }
 
@@ -131,13 +142,21 @@ impl LogService {
         }
     }
 
-    async fn produce_one(&self, req: ProduceRequest) -> Result<ProduceResponse, Status> {
+    /// Validates a ProduceRequest and returns its record's value.
+    fn check_produce(&self, req: ProduceRequest) -> Result<Vec<u8>, Status> {
         let record = req
             .record
             .ok_or_else(|| Status::invalid_argument("ProduceRequest.record is missing"))?;
         self.check_size(std::slice::from_ref(&record))?;
-        let offset = self.log.append(vec![record.value]).await?;
-        Ok(ProduceResponse { offset })
+        Ok(record.value)
+    }
+
+    async fn produce_one(&self, req: ProduceRequest) -> Result<ProduceResponse, Status> {
+        let value = self.check_produce(req)?;
+        let durable = self.log.append(vec![value]).await?;
+        Ok(ProduceResponse {
+            offset: durable.await?,
+        })
     }
 }
 
@@ -215,26 +234,47 @@ impl LogRpc for LogService {
 
     type ProduceStreamStream = ReceiverStream<Result<ProduceResponse, Status>>;
 
+    /// Pipelined: each request is ordered in the log as it arrives, and the
+    /// replies follow in request order as the records become durable, so a
+    /// stream is not limited to one sync per record.
     async fn produce_stream(
         &self,
         req: Request<Streaming<ProduceRequest>>,
     ) -> Result<Response<Self::ProduceStreamStream>, Status> {
         self.auth.authorize(&req, PRODUCE)?;
         let mut inbound = req.into_inner();
-        let (tx, rx) = mpsc::channel(64);
+        let (tx, rx) = mpsc::channel(STREAM_WINDOW);
+        let (pending_tx, mut pending_rx) = mpsc::channel::<Result<Durable, Status>>(STREAM_WINDOW);
         let this = self.clone();
         tokio::spawn(async move {
             loop {
                 let next = tokio::select! {
                     _ = this.shutdown.cancelled() => return,
-                    _ = tx.closed() => return,
+                    _ = pending_tx.closed() => return,
                     next = inbound.message() => next,
                 };
                 let req = match next {
                     Ok(Some(req)) => req,
                     Ok(None) | Err(_) => return,
                 };
-                let reply = this.produce_one(req).await;
+                let ordered = match this.check_produce(req) {
+                    Ok(value) => this.log.append(vec![value]).await.map_err(Status::from),
+                    Err(status) => Err(status),
+                };
+                if pending_tx.send(ordered).await.is_err() {
+                    return;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Some(pending) = pending_rx.recv().await {
+                let reply = match pending {
+                    Ok(durable) => durable
+                        .await
+                        .map(|offset| ProduceResponse { offset })
+                        .map_err(Status::from),
+                    Err(status) => Err(status),
+                };
                 if tx.send(reply).await.is_err() {
                     return;
                 }
@@ -261,7 +301,7 @@ impl LogRpc for LogService {
         self.check_size(&batch.records)?;
         let count = batch.records.len() as u64;
         let values = batch.records.into_iter().map(|r| r.value).collect();
-        let first_offset = self.log.append(values).await?;
+        let first_offset = self.log.append(values).await?.await?;
         Ok(Response::new(ProduceBatchResponse {
             first_offset,
             count,

@@ -274,6 +274,22 @@ async fn record_limits_empty_records_and_batches() {
     assert_eq!(c.consume(4).await.unwrap(), b"c");
     let missing = c.rpc().produce(ProduceRequest::default()).await;
     assert_eq!(missing.unwrap_err().code(), Code::InvalidArgument);
+    // In a stream, the oversized record fails in its turn, after the good one.
+    let requests = [vec![1u8; 10], vec![2u8; 1001]].map(|value| ProduceRequest {
+        record: Some(Record {
+            value,
+            ..Record::default()
+        }),
+        ..ProduceRequest::default()
+    });
+    let mut replies = c
+        .rpc()
+        .produce_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(replies.next().await.unwrap().unwrap().offset, 5);
+    assert_eq!(replies.next().await.unwrap().unwrap_err().code(), Code::ResourceExhausted);
 }
 
 #[tokio::test]
