@@ -4,35 +4,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::log::{Log, LogConfig, SyncPolicy};
+use crate::config::SyncMode;
+use crate::log::{Log, LogConfig};
 use crate::units::{parse_bytes, parse_duration};
 
 use super::{histogram, Report};
-
-/// How appends are synced (the agent's `--sync`).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum SyncMode {
-    /// fdatasync before acknowledging (group commit).
-    Always,
-    /// fdatasync every `--sync-interval-ms`.
-    Interval,
-    /// Leave write-back to the OS.
-    Never,
-}
-
-impl SyncMode {
-    /// The WAL policy for this mode.
-    pub fn policy(self, interval: Duration) -> SyncPolicy {
-        match self {
-            SyncMode::Always => SyncPolicy::Always,
-            SyncMode::Interval => SyncPolicy::Interval(interval),
-            SyncMode::Never => SyncPolicy::Never,
-        }
-    }
-}
 
 /// Flags of `proglog bench wal`.
 #[derive(Debug, clap::Args)]

@@ -6,8 +6,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::LogFormat;
-use crate::bench::wal::SyncMode;
+use super::{LogFormat, SyncMode};
 use crate::units::parse_bytes;
 
 /// Flags of `proglog agent`; unset flags leave lower layers in force.

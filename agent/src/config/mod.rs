@@ -14,8 +14,32 @@ use serde::{Deserialize, Serialize};
 
 pub use flags::AgentFlags;
 
-use crate::bench::wal::SyncMode;
-use crate::log::LogConfig;
+use crate::log::{LogConfig, SyncPolicy};
+
+/// How appends are synced (the agent's `--sync`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// fdatasync before acknowledging (group commit).
+    Always,
+    /// fdatasync every `--sync-interval-ms`.
+    Interval,
+    /// Leave write-back to the OS.
+    Never,
+}
+
+impl SyncMode {
+    /// The WAL policy for this mode.
+    pub fn policy(self, interval: Duration) -> SyncPolicy {
+        match self {
+            SyncMode::Always => SyncPolicy::Always,
+            SyncMode::Interval => SyncPolicy::Interval(interval),
+            SyncMode::Never => SyncPolicy::Never,
+        }
+    }
+}
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -156,9 +180,6 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.node_name.is_empty() {
             return Err(invalid("node_name", "\"\"", "must not be empty"));
-        }
-        if self.rpc_port == 0 && !self.dev {
-            // Port 0 is allowed for tests and dev, where the bound port is logged.
         }
         if self.unix_socket.is_some() != self.unix_socket_subject.is_some() {
             return Err(invalid(

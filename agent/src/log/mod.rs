@@ -58,6 +58,17 @@ pub struct LogConfig {
     pub prealloc_bytes: u64,
 }
 
+impl LogConfig {
+    /// The per-segment part of the config.
+    pub fn limits(&self) -> segment::SegmentLimits {
+        segment::SegmentLimits {
+            max_store_bytes: self.max_store_bytes,
+            max_index_bytes: self.max_index_bytes,
+            prealloc_bytes: self.prealloc_bytes,
+        }
+    }
+}
+
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {

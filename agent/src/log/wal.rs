@@ -1,13 +1,18 @@
 //! [`Log`]: ordered segments, dense offsets, group commit, recovery.
 //!
 //! Locking: `inner` (a `RwLock`) guards the segments; appends hold it for
-//! the write syscall only, reads share it. `sync` (a `Mutex` + `Condvar`)
-//! guards the watermarks. An fdatasync runs with neither lock held, on a
-//! cloned handle of the active store, by whichever waiting appender finds no
-//! sync in flight (leader/follower group commit): appenders that arrive
-//! meanwhile are covered by the next sync. Segments that roll over are
-//! synced when sealed, so a sync of the active store covers everything
-//! written before it.
+//! the write syscall only, reads share it. `sync` (a `Mutex`) guards the
+//! watermarks; lock order is `inner` before `sync`, and nothing holds `sync`
+//! while waiting on the `visible` watch.
+//!
+//! Group commit: with `Always`, a syncer thread runs sync rounds back to
+//! back while writes are pending. A round covers everything reported
+//! written when it starts; its fdatasync runs with no lock held, on a cloned
+//! handle of the active store, while appenders keep writing for the next
+//! round. Blocking appenders wait on the condvar of the round that covers
+//! them (so a round wakes only those it made durable); async appenders wait
+//! on the `visible` watch. Segments that roll over are synced when sealed,
+//! so a sync of the active store covers everything written before it.
 
 use std::fs::{self, File};
 use std::io::{self, Read};
@@ -109,11 +114,7 @@ impl Log {
                 sync_dir(parent)?;
             }
         }
-        let limits = SegmentLimits {
-            max_store_bytes: config.max_store_bytes,
-            max_index_bytes: config.max_index_bytes,
-            prealloc_bytes: config.prealloc_bytes,
-        };
+        let limits = config.limits();
         let mut segments = Vec::new();
         for base in segment_bases(&dir)? {
             segments.push(Segment::open(&dir, base, limits)?);
@@ -442,11 +443,7 @@ impl Drop for Log {
 
 impl Shared {
     fn limits(&self) -> SegmentLimits {
-        SegmentLimits {
-            max_store_bytes: self.config.max_store_bytes,
-            max_index_bytes: self.config.max_index_bytes,
-            prealloc_bytes: self.config.prealloc_bytes,
-        }
+        self.config.limits()
     }
 
     fn read_inner(&self) -> Result<RwLockReadGuard<'_, Inner>> {

@@ -289,7 +289,10 @@ async fn record_limits_empty_records_and_batches() {
         .unwrap()
         .into_inner();
     assert_eq!(replies.next().await.unwrap().unwrap().offset, 5);
-    assert_eq!(replies.next().await.unwrap().unwrap_err().code(), Code::ResourceExhausted);
+    assert_eq!(
+        replies.next().await.unwrap().unwrap_err().code(),
+        Code::ResourceExhausted
+    );
 }
 
 #[tokio::test]

@@ -139,8 +139,8 @@ where
     ReceiverStream::new(rx)
 }
 
-/// Reads the first byte without consuming it; `None` if the peer closed or
-/// sent the Raft byte (no Raft transport yet).
+/// Peeks at the first byte: true for gRPC; false if the peer closed or
+/// sent the Raft byte (no Raft transport on this node yet).
 async fn first_byte_is_grpc(sock: &TcpStream) -> bool {
     let mut b = [0u8; 1];
     match sock.peek(&mut b).await {
