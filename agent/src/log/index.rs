@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use memmap2::MmapMut;
 
-use super::error::{IoContext, LogError, Result};
+use super::error::{IoContext, Result};
 use super::store;
 
 const MAGIC: [u8; 8] = *b"PLOGIDX\0";
@@ -59,17 +59,8 @@ impl Index {
     /// Opens an existing index. Its entry count is not known yet: call
     /// [`Index::recover_count`].
     pub fn open(path: &Path) -> Result<Index> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .at(path)?;
-        let len = file.metadata().at(path)?.len();
-        let corrupt = |reason| LogError::Corrupt {
-            segment: path.to_path_buf(),
-            position: 0,
-            reason,
-        };
+        let (file, len) = super::open_existing(path)?;
+        let corrupt = |reason| super::bad_header(path, reason);
         if len < HEADER_LEN + ENTRY_LEN {
             return Err(corrupt("index file shorter than its header"));
         }

@@ -87,3 +87,24 @@ impl Default for LogConfig {
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }
+
+/// Opens an existing segment file for reading and writing; returns it with
+/// its length.
+pub(crate) fn open_existing(path: &Path) -> Result<(std::fs::File, u64)> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .at(path)?;
+    let len = file.metadata().at(path)?.len();
+    Ok((file, len))
+}
+
+/// A [`LogError::Corrupt`] about the header of `path`.
+pub(crate) fn bad_header(path: &Path, reason: &'static str) -> LogError {
+    LogError::Corrupt {
+        segment: path.to_path_buf(),
+        position: 0,
+        reason,
+    }
+}

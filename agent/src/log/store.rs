@@ -113,17 +113,8 @@ impl Store {
     /// Opens an existing store and checks its header. The logical size
     /// starts at the header; recovery sets it with [`Store::set_size`].
     pub fn open(path: &Path) -> Result<Store> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .at(path)?;
-        let allocated = file.metadata().at(path)?.len();
-        let corrupt = |reason| LogError::Corrupt {
-            segment: path.to_path_buf(),
-            position: 0,
-            reason,
-        };
+        let (file, allocated) = super::open_existing(path)?;
+        let corrupt = |reason| super::bad_header(path, reason);
         if allocated < HEADER_LEN {
             return Err(corrupt("file shorter than its header"));
         }

@@ -126,19 +126,7 @@ async fn produce_stream_and_consume_stream_keep_order() {
     let node = Node::start(|_| {}).await;
     let mut c = node.client("root").await;
     let values: Vec<Vec<u8>> = (0..20u8).map(|i| vec![b'a' + i; 1 + i as usize]).collect();
-    let requests = values.clone().into_iter().map(|value| ProduceRequest {
-        record: Some(Record {
-            value,
-            ..Record::default()
-        }),
-        ..ProduceRequest::default()
-    });
-    let mut replies = c
-        .rpc()
-        .produce_stream(tokio_stream::iter(requests))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut replies = produce_stream(&mut c, values.clone()).await;
     for expected in 0..20u64 {
         assert_eq!(replies.next().await.unwrap().unwrap().offset, expected);
     }
@@ -275,19 +263,7 @@ async fn record_limits_empty_records_and_batches() {
     let missing = c.rpc().produce(ProduceRequest::default()).await;
     assert_eq!(missing.unwrap_err().code(), Code::InvalidArgument);
     // In a stream, the oversized record fails in its turn, after the good one.
-    let requests = [vec![1u8; 10], vec![2u8; 1001]].map(|value| ProduceRequest {
-        record: Some(Record {
-            value,
-            ..Record::default()
-        }),
-        ..ProduceRequest::default()
-    });
-    let mut replies = c
-        .rpc()
-        .produce_stream(tokio_stream::iter(requests))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut replies = produce_stream(&mut c, vec![vec![1u8; 10], vec![2u8; 1001]]).await;
     assert_eq!(replies.next().await.unwrap().unwrap().offset, 5);
     assert_eq!(
         replies.next().await.unwrap().unwrap_err().code(),
@@ -436,6 +412,25 @@ async fn rotated_server_certs_apply_to_new_connections_while_old_streams_flow() 
         .unwrap()
         .unwrap();
     assert_eq!((offset, value.as_slice()), (1, &b"after"[..]));
+}
+
+/// Opens a ProduceStream sending one request per value.
+async fn produce_stream(
+    c: &mut Client,
+    values: Vec<Vec<u8>>,
+) -> tonic::Streaming<proglog_proto::ProduceResponse> {
+    let requests = values.into_iter().map(|value| ProduceRequest {
+        record: Some(Record {
+            value,
+            ..Record::default()
+        }),
+        ..ProduceRequest::default()
+    });
+    c.rpc()
+        .produce_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 /// Replaces a file by rename, as deployment tools do.
