@@ -8,6 +8,7 @@ pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod log;
+pub mod raft;
 pub mod server;
 pub mod transport;
 pub mod units;

@@ -84,7 +84,7 @@ impl Default for LogConfig {
 
 /// fsyncs a directory so that files created, removed or renamed in it are
 /// durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+pub fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }
 

@@ -275,6 +275,13 @@ impl Log {
         if offset >= *self.shared.visible.borrow() {
             return Err(LogError::OffsetOutOfRange { offset });
         }
+        self.read_unsynced(offset)
+    }
+
+    /// Reads a record that is written but perhaps not yet durable. For a
+    /// log whose reader tracks durability itself (Raft reads its own log
+    /// this way); everyone else uses [`Log::read`].
+    pub fn read_unsynced(&self, offset: u64) -> Result<Vec<u8>> {
         let inner = self.shared.read_inner()?;
         let i = inner.segments.partition_point(|s| s.base() <= offset);
         if i == 0 {
@@ -298,6 +305,12 @@ impl Log {
     pub fn highest_offset(&self) -> Option<u64> {
         let next = self.next_offset();
         (next > self.lowest_offset()).then(|| next - 1)
+    }
+
+    /// Offset the next appended record will get (written, maybe not yet
+    /// durable).
+    pub fn written_offset(&self) -> u64 {
+        self.shared.lock_sync().written
     }
 
     /// Offset the next visible record will have: the visible high watermark.

@@ -1,0 +1,286 @@
+//! The Raft log on a WAL: entry `i` is record `i` of the WAL (Raft indexes
+//! are dense too), synced with group commit; the vote and the last purged
+//! log id live in a small metadata file replaced atomically.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, RaftLogReader};
+use serde::{Deserialize, Serialize};
+
+use super::{codec, io_error, Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::log::{Log, LogConfig, LogError, SyncPolicy};
+
+/// What the Raft log keeps beside its entries. Always fsynced.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Meta {
+    vote: Option<Vote>,
+    last_purged: Option<LogId>,
+}
+
+/// openraft's log storage over our WAL. Clones share the log.
+#[derive(Debug, Clone)]
+pub struct LogStore {
+    log: Arc<Log>,
+    meta_path: PathBuf,
+    meta: Arc<Mutex<Meta>>,
+}
+
+const META_FILE: &str = "raft-meta.json";
+/// The most indexes an append may skip (see `append`).
+const MAX_HOLE: u64 = 1 << 20;
+
+impl LogStore {
+    /// Opens the Raft log in `dir` (entries in `dir/entries`). The sync
+    /// policy is always [`SyncPolicy::Always`]: Raft acknowledges only
+    /// durable entries.
+    pub fn open(dir: &Path, config: LogConfig) -> Result<LogStore, LogError> {
+        let log = Log::open(
+            dir.join("entries"),
+            LogConfig {
+                sync: SyncPolicy::Always,
+                initial_offset: 0,
+                ..config
+            },
+        )?;
+        let meta_path = dir.join(META_FILE);
+        let meta = match std::fs::read(&meta_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|_| LogError::Corrupt {
+                segment: meta_path.clone(),
+                position: 0,
+                reason: "unreadable raft metadata",
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Meta::default(),
+            Err(source) => {
+                return Err(LogError::Io {
+                    path: meta_path,
+                    source,
+                })
+            }
+        };
+        Ok(LogStore {
+            log: Arc::new(log),
+            meta_path,
+            meta: Arc::new(Mutex::new(meta)),
+        })
+    }
+
+    /// The underlying WAL (for metrics and shutdown).
+    pub fn wal(&self) -> &Arc<Log> {
+        &self.log
+    }
+
+    fn meta(&self) -> Meta {
+        self.meta.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Changes the metadata and replaces its file durably (temp file,
+    /// fsync, rename, directory fsync) before returning.
+    async fn update_meta(&self, change: impl FnOnce(&mut Meta)) -> std::io::Result<()> {
+        let mut meta = self.meta();
+        change(&mut meta);
+        let path = self.meta_path.clone();
+        let bytes = serde_json::to_vec(&meta).expect("metadata serializes");
+        tokio::task::spawn_blocking(move || write_durably(&path, &bytes))
+            .await
+            .map_err(std::io::Error::other)??;
+        *self.meta.lock().unwrap_or_else(|e| e.into_inner()) = meta;
+        Ok(())
+    }
+
+    /// Index of the first entry that may still be read.
+    fn first_index(&self) -> u64 {
+        let purged = self.meta().last_purged.map_or(0, |l| l.index + 1);
+        purged.max(self.log.lowest_offset())
+    }
+
+    /// Makes pending appends durable, then runs `f` on the WAL off the
+    /// async threads. Truncation and purge go through here, so no flush
+    /// callback can report entries that were removed meanwhile.
+    async fn settled<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Log) -> Result<T, LogError> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        let log = Arc::clone(&self.log);
+        tokio::task::spawn_blocking(move || {
+            log.sync()?;
+            f(&log)
+        })
+        .await
+        .map_err(|e| {
+            io_error(
+                ErrorSubject::Logs,
+                ErrorVerb::Write,
+                std::io::Error::other(e),
+            )
+        })?
+        .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))
+    }
+}
+
+/// Writes `bytes` to `path` atomically and durably.
+pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(dir)?.sync_all()
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(&s) => s,
+            Bound::Excluded(&s) => s + 1,
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&e) => e.saturating_add(1),
+            Bound::Excluded(&e) => e,
+            Bound::Unbounded => u64::MAX,
+        };
+        let (from, to) = (
+            start.max(self.first_index()),
+            end.min(self.log.written_offset()),
+        );
+        let mut entries = Vec::new();
+        for i in from..to {
+            let bytes = self
+                .log
+                .read_unsynced(i)
+                .map_err(|e| io_error(ErrorSubject::Log(read_log_id(i)), ErrorVerb::Read, e))?;
+            if bytes.is_empty() {
+                continue; // a hole: no entry at this index
+            }
+            entries.push(
+                codec::decode(&bytes).map_err(|e| {
+                    io_error(ErrorSubject::Log(read_log_id(i)), ErrorVerb::Read, *e)
+                })?,
+            );
+        }
+        Ok(entries)
+    }
+}
+
+/// A placeholder log id naming index `i` in error reports.
+fn read_log_id(i: u64) -> LogId {
+    openraft::LogId::new(openraft::CommittedLeaderId::new(0, 0), i)
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged = self.meta().last_purged;
+        let next = self.log.written_offset();
+        let last_log_id = if next > self.first_index() {
+            let last = self.try_get_log_entries(next - 1..next).await?;
+            last.first().map(|e| *e.get_log_id())
+        } else {
+            last_purged
+        };
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last_log_id.or(last_purged),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let vote = *vote;
+        self.update_meta(|m| m.vote = Some(vote))
+            .await
+            .map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Write, e))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        Ok(self.meta().vote)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let write_err = |e: LogError| io_error(ErrorSubject::Logs, ErrorVerb::Write, e);
+        let Some(first) = entries.first() else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
+        let first_index = first.get_log_id().index;
+        let written = self.log.written_offset();
+        let mut encoded: Vec<Vec<u8>> = Vec::with_capacity(entries.len());
+        if first_index != written {
+            if written == self.first_index() {
+                // An empty log (new, or purged past its end) starts where
+                // the leader's entries start.
+                self.settled(move |log| log.reset(first_index)).await?;
+            } else if first_index > written && first_index - written <= MAX_HOLE {
+                // openraft appends contiguously; a caller that skips indexes
+                // gets empty records there, which read back as no entry.
+                encoded.resize((first_index - written) as usize, Vec::new());
+            } else {
+                return Err(write_err(LogError::Corrupt {
+                    segment: self.log.dir().to_path_buf(),
+                    position: first_index,
+                    reason: "raft entries do not follow the log's last entry",
+                }));
+            }
+        }
+        if let Some(written) = self.log.over_unsynced_bound() {
+            self.log.wait_durable(written).await.map_err(write_err)?;
+        }
+        encoded.extend(entries.iter().map(codec::encode));
+        let appended = self.log.append_batch_nowait(&encoded).map_err(write_err)?;
+        let log = Arc::clone(&self.log);
+        // The flush callback fires when a sync covers these entries: one
+        // fsync serves every append that arrived meanwhile.
+        tokio::spawn(async move {
+            let flushed = log.wait_durable(appended.next).await;
+            callback.log_io_completed(flushed.map_err(std::io::Error::other));
+        });
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let index = log_id.index;
+        let lowest = self.log.lowest_offset();
+        self.settled(move |log| match index.checked_sub(1) {
+            Some(after) if index > lowest => log.truncate_suffix(after),
+            _ => log.reset(index),
+        })
+        .await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.update_meta(|m| m.last_purged = Some(log_id))
+            .await
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+        let keep_from = log_id.index + 1;
+        self.settled(move |log| {
+            if keep_from >= log.written_offset() {
+                log.reset(keep_from)
+            } else {
+                log.truncate_prefix(keep_from).map(|_| ())
+            }
+        })
+        .await
+    }
+}

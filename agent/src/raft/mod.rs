@@ -1,0 +1,113 @@
+//! Raft on the WAL, with openraft.
+//!
+//! Version: openraft `=0.9.25` (with `storage-v2`), not a 0.10 alpha. 0.9
+//! is the stable line whose API no longer moves (bug fixes only) and whose
+//! storage, state machine and network traits match ours; 0.10 brings leader
+//! transfer and streamed append, but changed its API in every alpha. Only
+//! this module names openraft: the server and the agent see the
+//! `CommitLog` trait and plain types, so moving to 0.10 later
+//! (`truncate_after`, io::Error, stream `apply`, `RaftNetworkV2`) stays
+//! local.
+//!
+//! Storage: the Raft log is a WAL of its own ([`log_store`], synced with
+//! group commit; an entry is acknowledged to openraft through its flush
+//! callback once a sync covers it). The state machine ([`state_machine`])
+//! applies record entries to a second WAL, the data log, assigning dense
+//! offsets at apply time. The data log does not fsync: after a restart it
+//! is cut back to the last snapshot and the committed entries after it are
+//! applied again from the durable Raft log, which appends the same records
+//! at the same offsets (replay is idempotent). Each record is thus fsynced
+//! once, in the Raft log.
+
+// openraft's trait methods return its `StorageError` (over 200 bytes); our
+// helpers return it too rather than boxing and unboxing at every call.
+#![allow(clippy::result_large_err)]
+
+pub mod codec;
+pub mod log_store;
+pub mod producers;
+pub mod snapshot;
+pub mod state_machine;
+
+#[cfg(test)]
+mod tests;
+
+use serde::{Deserialize, Serialize};
+
+pub use log_store::LogStore;
+pub use state_machine::StateMachine;
+
+/// A command replicated through Raft.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Append records contiguously (Produce, ProduceBatch).
+    Append {
+        /// The record values.
+        records: Vec<Vec<u8>>,
+        /// Idempotent producer identity and sequence, if any.
+        producer: Option<(String, u64)>,
+        /// Leader's wall clock when proposing, in ms: the state machine's
+        /// notion of "now" (for producer TTLs), identical on every node.
+        at_ms: u64,
+    },
+    /// Drop records below `lowest` on every node (retention).
+    Retain {
+        /// The new lowest offset.
+        lowest: u64,
+    },
+}
+
+/// What applying a [`Request`] answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// Records are at `first_offset..first_offset + count` (for a retried
+    /// producer sequence: where the first attempt put them).
+    Appended {
+        /// Offset of the first record.
+        first_offset: u64,
+        /// Number of records.
+        count: u64,
+    },
+    /// The producer sequence is older than the remembered window.
+    StaleSequence {
+        /// The oldest sequence still remembered for the producer.
+        oldest: u64,
+    },
+    /// Retention applied; records from `lowest` on remain.
+    Retained {
+        /// The new lowest offset.
+        lowest: u64,
+    },
+    /// Blank and membership entries answer nothing.
+    Empty,
+}
+
+openraft::declare_raft_types!(
+    /// proglog's openraft type configuration.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = tokio::fs::File,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// A Raft log id of this configuration.
+pub type LogId = openraft::LogId<u64>;
+/// A Raft vote of this configuration.
+pub type Vote = openraft::Vote<u64>;
+/// A storage error of this configuration.
+pub type StorageError = openraft::StorageError<u64>;
+/// An entry of this configuration.
+pub type Entry = openraft::Entry<TypeConfig>;
+
+/// Wraps any error as an openraft storage error on `subject`.
+fn io_error(
+    subject: openraft::ErrorSubject<u64>,
+    verb: openraft::ErrorVerb,
+    e: impl std::error::Error + 'static,
+) -> StorageError {
+    openraft::StorageIOError::new(subject, verb, openraft::AnyError::new(&e)).into()
+}

@@ -1,0 +1,375 @@
+//! The state machine: applies committed entries to the data log.
+//!
+//! Record entries append to the data log, which assigns dense offsets (blank
+//! and membership entries take none) and answers with them; the producer
+//! table makes retried sequences return their original offsets. The data
+//! log does not fsync: on open it is cut back to the last snapshot, and
+//! openraft applies the committed entries after it again from the Raft log.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    BasicNode, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder,
+    SnapshotMeta, StoredMembership,
+};
+
+use super::producers::Verdict;
+use super::snapshot::{AppliedState, SnapshotDir, SnapshotFile};
+use super::{io_error, Entry, LogId, Request, Response, StorageError, TypeConfig};
+use crate::log::{Log, LogConfig, LogError, SyncPolicy};
+
+/// Everything applied so far.
+#[derive(Debug, Clone, Default)]
+struct Applied {
+    last_applied: Option<LogId>,
+    membership: StoredMembership<u64, BasicNode>,
+    state: AppliedState,
+}
+
+#[derive(Debug)]
+struct Shared {
+    dir: PathBuf,
+    config: LogConfig,
+    data: RwLock<Arc<Log>>,
+    applied: Mutex<Applied>,
+    snapshots: SnapshotDir,
+    /// Serializes snapshot builds and installs.
+    snapshotting: tokio::sync::Mutex<()>,
+}
+
+/// openraft's state machine over the data log. Clones share it.
+#[derive(Debug, Clone)]
+pub struct StateMachine {
+    shared: Arc<Shared>,
+}
+
+fn sm_error(e: impl std::error::Error + 'static) -> StorageError {
+    io_error(ErrorSubject::StateMachine, ErrorVerb::Write, e)
+}
+
+fn snapshot_error(e: impl std::error::Error + 'static) -> StorageError {
+    io_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, e)
+}
+
+impl StateMachine {
+    /// Opens the state machine in `dir`: the data log in `dir/data`, cut
+    /// back to the last snapshot in `dir/snapshots` (or emptied if none).
+    pub fn open(dir: &Path, config: LogConfig) -> Result<StateMachine, LogError> {
+        let config = LogConfig {
+            sync: SyncPolicy::Never,
+            initial_offset: 0,
+            ..config
+        };
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| LogError::Io { path, source }
+        };
+        let snapshots = SnapshotDir::open(dir.join("snapshots")).map_err(io(dir))?;
+        let snapshot = snapshots.load_current().map_err(io(dir))?;
+        let data_dir = dir.join("data");
+        let (applied, data) = match snapshot {
+            Some(file) => {
+                let mut data = Log::open(&data_dir, config.clone())?;
+                if data.next_offset() < file.state.next_offset
+                    || data.lowest_offset() > file.state.next_offset
+                {
+                    // The data log lost what the snapshot holds: take the
+                    // snapshot's files again.
+                    drop(data);
+                    std::fs::remove_dir_all(&data_dir).map_err(io(&data_dir))?;
+                    snapshots.restore_into(&data_dir).map_err(io(&data_dir))?;
+                    data = Log::open(&data_dir, config.clone())?;
+                }
+                cut_to(&data, file.state.next_offset)?;
+                data.truncate_prefix(file.state.lowest)?;
+                let applied = Applied {
+                    last_applied: file.meta.last_log_id,
+                    membership: file.meta.last_membership.clone(),
+                    state: file.state,
+                };
+                (applied, data)
+            }
+            None => {
+                let data = Log::open(&data_dir, config.clone())?;
+                data.reset(0)?;
+                (Applied::default(), data)
+            }
+        };
+        Ok(StateMachine {
+            shared: Arc::new(Shared {
+                dir: dir.to_path_buf(),
+                config,
+                data: RwLock::new(Arc::new(data)),
+                applied: Mutex::new(applied),
+                snapshots,
+                snapshotting: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    /// The data log (reads, and waiting for new records).
+    pub fn data(&self) -> Arc<Log> {
+        Arc::clone(&self.shared.data.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Lowest offset readable (retention may sit inside a segment).
+    pub fn lowest_offset(&self) -> u64 {
+        self.lock_applied().state.lowest
+    }
+
+    fn lock_applied(&self) -> std::sync::MutexGuard<'_, Applied> {
+        self.shared
+            .applied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn apply_request(&self, applied: &mut Applied, req: Request) -> Result<Response, LogError> {
+        let data = self.data();
+        match req {
+            Request::Append {
+                records,
+                producer,
+                at_ms,
+            } => {
+                if let Some((id, seq)) = &producer {
+                    match applied.state.producers.check(id, *seq) {
+                        Verdict::Duplicate {
+                            first_offset,
+                            count,
+                        } => {
+                            return Ok(Response::Appended {
+                                first_offset,
+                                count,
+                            })
+                        }
+                        Verdict::Stale { oldest } => return Ok(Response::StaleSequence { oldest }),
+                        Verdict::New => {}
+                    }
+                }
+                let first_offset = data.append_batch(&records)?;
+                let count = records.len() as u64;
+                applied.state.next_offset = first_offset + count;
+                if let Some((id, seq)) = producer {
+                    applied
+                        .state
+                        .producers
+                        .record(&id, seq, first_offset, count, at_ms);
+                }
+                Ok(Response::Appended {
+                    first_offset,
+                    count,
+                })
+            }
+            Request::Retain { lowest } => {
+                let lowest = lowest
+                    .min(applied.state.next_offset)
+                    .max(applied.state.lowest);
+                data.truncate_prefix(lowest)?;
+                applied.state.lowest = lowest;
+                Ok(Response::Retained { lowest })
+            }
+        }
+    }
+
+    /// Builds a snapshot of everything applied: syncs the data log, links
+    /// its files, records the state.
+    async fn build(&self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let _guard = self.shared.snapshotting.lock().await;
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let applied = this.lock_applied();
+            let data = this.data();
+            data.sync().map_err(snapshot_error)?;
+            let id = match applied.last_applied {
+                Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, now_ms()),
+                None => format!("none-{}", now_ms()),
+            };
+            let file = SnapshotFile {
+                meta: SnapshotMeta {
+                    last_log_id: applied.last_applied,
+                    last_membership: applied.membership.clone(),
+                    snapshot_id: id,
+                },
+                state: applied.state.clone(),
+            };
+            this.shared
+                .snapshots
+                .create(data.dir(), &file)
+                .map_err(snapshot_error)?;
+            drop(applied);
+            this.open_current(file.meta)
+        })
+        .await
+        .map_err(|e| snapshot_error(std::io::Error::other(e)))?
+    }
+
+    /// The current snapshot in transfer form.
+    fn open_current(
+        &self,
+        meta: SnapshotMeta<u64, BasicNode>,
+    ) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let packed = self.shared.snapshots.pack().map_err(snapshot_error)?;
+        let file = std::fs::File::open(packed).map_err(snapshot_error)?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
+        })
+    }
+}
+
+/// Drops records at and after `next` from the data log.
+fn cut_to(data: &Log, next: u64) -> Result<(), LogError> {
+    if data.next_offset() > next {
+        match next.checked_sub(1) {
+            Some(after) if next > data.lowest_offset() => data.truncate_suffix(after)?,
+            _ => data.reset(next)?,
+        }
+    }
+    Ok(())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Builds snapshots for openraft.
+#[derive(Debug, Clone)]
+pub struct Builder {
+    sm: StateMachine,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for Builder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        self.sm.build().await
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Builder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId>, StoredMembership<u64, BasicNode>), StorageError> {
+        let applied = self.lock_applied();
+        Ok((applied.last_applied, applied.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut replies = Vec::new();
+        let mut applied = self.lock_applied().clone();
+        for entry in entries {
+            let reply = match entry.payload {
+                EntryPayload::Blank => Response::Empty,
+                EntryPayload::Normal(req) => {
+                    self.apply_request(&mut applied, req).map_err(|e| {
+                        io_error(ErrorSubject::Apply(entry.log_id), ErrorVerb::Write, e)
+                    })?
+                }
+                EntryPayload::Membership(m) => {
+                    applied.membership = StoredMembership::new(Some(entry.log_id), m);
+                    Response::Empty
+                }
+            };
+            applied.last_applied = Some(entry.log_id);
+            replies.push(reply);
+        }
+        *self.lock_applied() = applied;
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        Builder { sm: self.clone() }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let path = self
+            .shared
+            .snapshots
+            .receiving_file()
+            .map_err(snapshot_error)?;
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .await
+            .map_err(snapshot_error)?;
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, BasicNode>,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        let _guard = self.shared.snapshotting.lock().await;
+        let mut received = snapshot;
+        tokio::io::AsyncWriteExt::flush(&mut *received)
+            .await
+            .map_err(snapshot_error)?;
+        let received = received.into_std().await;
+        let this = self.clone();
+        let meta = meta.clone();
+        tokio::task::spawn_blocking(move || this.install_blocking(received, &meta))
+            .await
+            .map_err(|e| snapshot_error(std::io::Error::other(e)))?
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let _guard = self.shared.snapshotting.lock().await;
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || match this.shared.snapshots.load_current() {
+            Ok(Some(file)) => this.open_current(file.meta).map(Some),
+            Ok(None) => Ok(None),
+            Err(e) => Err(snapshot_error(e)),
+        })
+        .await
+        .map_err(|e| snapshot_error(std::io::Error::other(e)))?
+    }
+}
+
+impl StateMachine {
+    /// Makes a received snapshot current and rebuilds the data log from it.
+    fn install_blocking(
+        &self,
+        mut received: std::fs::File,
+        meta: &SnapshotMeta<u64, BasicNode>,
+    ) -> Result<(), StorageError> {
+        use std::io::Seek;
+        let snapshots = &self.shared.snapshots;
+        received.rewind().map_err(snapshot_error)?;
+        let file = snapshots.install(received, meta).map_err(snapshot_error)?;
+        let data_dir = self.shared.dir.join("data");
+        let fresh = self.shared.dir.join("data.installing");
+        if fresh.exists() {
+            std::fs::remove_dir_all(&fresh).map_err(snapshot_error)?;
+        }
+        snapshots.restore_into(&fresh).map_err(snapshot_error)?;
+        let mut applied = self.lock_applied();
+        let mut slot = self.shared.data.write().unwrap_or_else(|e| e.into_inner());
+        slot.close().map_err(sm_error)?;
+        let old = self.shared.dir.join("data.old");
+        std::fs::rename(&data_dir, &old).map_err(snapshot_error)?;
+        std::fs::rename(&fresh, &data_dir).map_err(snapshot_error)?;
+        crate::log::sync_dir(&self.shared.dir).map_err(sm_error)?;
+        let _ = std::fs::remove_dir_all(&old);
+        let data = Log::open(&data_dir, self.shared.config.clone()).map_err(sm_error)?;
+        cut_to(&data, file.state.next_offset).map_err(sm_error)?;
+        data.truncate_prefix(file.state.lowest).map_err(sm_error)?;
+        *slot = Arc::new(data);
+        *applied = Applied {
+            last_applied: file.meta.last_log_id,
+            membership: file.meta.last_membership.clone(),
+            state: file.state,
+        };
+        Ok(())
+    }
+}

@@ -1,0 +1,238 @@
+//! openraft's storage suite on our log store and state machine, and the
+//! offset and idempotence rules of the state machine.
+
+use openraft::storage::{RaftLogStorage, RaftStateMachine};
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::{CommittedLeaderId, EntryPayload, Membership, RaftSnapshotBuilder};
+
+use super::{Entry, LogId, LogStore, Request, Response, StateMachine, StorageError, TypeConfig};
+use crate::log::LogConfig;
+
+struct Builder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
+    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
+        let dir = tempfile::tempdir().unwrap();
+        let log = LogStore::open(&dir.path().join("raft"), small()).unwrap();
+        let sm = StateMachine::open(&dir.path().join("sm"), small()).unwrap();
+        Ok((dir, log, sm))
+    }
+}
+
+fn small() -> LogConfig {
+    LogConfig {
+        max_store_bytes: 4096,
+        max_index_bytes: 16 + 12 * 8,
+        prealloc_bytes: 1024,
+        ..LogConfig::default()
+    }
+}
+
+#[test]
+fn openraft_storage_suite_passes() {
+    Suite::test_all(Builder).unwrap();
+}
+
+fn log_id(term: u64, index: u64) -> LogId {
+    openraft::LogId::new(CommittedLeaderId::new(term, 1), index)
+}
+
+fn entry(index: u64, payload: EntryPayload<TypeConfig>) -> Entry {
+    Entry {
+        log_id: log_id(1, index),
+        payload,
+    }
+}
+
+fn append(records: &[&[u8]], producer: Option<(&str, u64)>) -> EntryPayload<TypeConfig> {
+    EntryPayload::Normal(Request::Append {
+        records: records.iter().map(|r| r.to_vec()).collect(),
+        producer: producer.map(|(p, s)| (p.to_string(), s)),
+        at_ms: 1,
+    })
+}
+
+fn membership() -> EntryPayload<TypeConfig> {
+    EntryPayload::Membership(Membership::new(vec![[1u64].into_iter().collect()], None))
+}
+
+#[tokio::test]
+async fn offsets_are_dense_across_blank_and_membership_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = StateMachine::open(dir.path(), small()).unwrap();
+    let replies = sm
+        .apply(vec![
+            entry(0, membership()),
+            entry(1, EntryPayload::Blank),
+            entry(2, append(&[b"a", b"b"], None)),
+            entry(3, EntryPayload::Blank),
+            entry(4, append(&[b"c"], None)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        replies[2],
+        Response::Appended {
+            first_offset: 0,
+            count: 2
+        }
+    );
+    assert_eq!(
+        replies[4],
+        Response::Appended {
+            first_offset: 2,
+            count: 1
+        }
+    );
+    assert_eq!(sm.data().read(2).unwrap(), b"c");
+    assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(1, 4)));
+}
+
+#[tokio::test]
+async fn a_retried_sequence_appends_once_also_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = StateMachine::open(dir.path(), small()).unwrap();
+    let first = sm
+        .apply(vec![entry(0, append(&[b"x", b"y"], Some(("p", 0))))])
+        .await
+        .unwrap();
+    let retry = sm
+        .apply(vec![entry(1, append(&[b"x", b"y"], Some(("p", 0))))])
+        .await
+        .unwrap();
+    assert_eq!(first, retry);
+    assert_eq!(sm.data().next_offset(), 2);
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    // Entries after the snapshot are replayed from the Raft log on restart.
+    sm.apply(vec![entry(2, append(&[b"z"], Some(("p", 1))))])
+        .await
+        .unwrap();
+    drop(sm);
+
+    let mut sm = StateMachine::open(dir.path(), small()).unwrap();
+    assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(1, 1)));
+    assert_eq!(sm.data().next_offset(), 2, "cut back to the snapshot");
+    let replay = sm
+        .apply(vec![entry(2, append(&[b"z"], Some(("p", 1))))])
+        .await
+        .unwrap();
+    assert_eq!(
+        replay,
+        vec![Response::Appended {
+            first_offset: 2,
+            count: 1
+        }]
+    );
+    let again = sm
+        .apply(vec![entry(3, append(&[b"x", b"y"], Some(("p", 0))))])
+        .await
+        .unwrap();
+    assert_eq!(again, first, "the producer table survived in the snapshot");
+    assert_eq!(sm.data().next_offset(), 3);
+}
+
+#[tokio::test]
+async fn an_installed_snapshot_carries_records_and_the_next_offset() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let mut leader = StateMachine::open(leader_dir.path(), small()).unwrap();
+    let records: Vec<Vec<u8>> = (0..200u32).map(|i| i.to_le_bytes().to_vec()).collect();
+    let refs: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+    leader
+        .apply(vec![entry(0, membership()), entry(1, append(&refs, None))])
+        .await
+        .unwrap();
+    let snap = leader
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+
+    let follower_dir = tempfile::tempdir().unwrap();
+    let mut follower = StateMachine::open(follower_dir.path(), small()).unwrap();
+    let mut receiving = follower.begin_receiving_snapshot().await.unwrap();
+    let mut source = snap.snapshot;
+    tokio::io::copy(&mut source, &mut *receiving).await.unwrap();
+    follower
+        .install_snapshot(&snap.meta, receiving)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        follower.applied_state().await.unwrap().0,
+        Some(log_id(1, 1))
+    );
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(&follower.data().read(i as u64).unwrap(), r);
+    }
+    let next = follower
+        .apply(vec![entry(2, append(&[b"after"], None))])
+        .await
+        .unwrap();
+    assert_eq!(
+        next,
+        vec![Response::Appended {
+            first_offset: 200,
+            count: 1
+        }]
+    );
+}
+
+#[tokio::test]
+async fn retention_drops_old_records_on_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = StateMachine::open(dir.path(), small()).unwrap();
+    let records: Vec<Vec<u8>> = (0..100u32).map(|i| vec![i as u8; 50]).collect();
+    let refs: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+    sm.apply(vec![entry(0, append(&refs, None))]).await.unwrap();
+    let reply = sm
+        .apply(vec![entry(
+            1,
+            EntryPayload::Normal(Request::Retain { lowest: 60 }),
+        )])
+        .await
+        .unwrap();
+    assert_eq!(reply, vec![Response::Retained { lowest: 60 }]);
+    assert_eq!(sm.lowest_offset(), 60);
+    assert!(
+        sm.data().lowest_offset() <= 60 && sm.data().lowest_offset() > 0,
+        "whole segments went"
+    );
+    assert_eq!(sm.data().read(60).unwrap(), records[60]);
+}
+
+#[tokio::test]
+async fn the_log_store_keeps_its_vote_entries_and_purge_point_across_reopen() {
+    use openraft::storage::RaftLogStorageExt;
+    use openraft::RaftLogReader;
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = LogStore::open(dir.path(), small()).unwrap();
+    let vote = openraft::Vote::new(3, 1);
+    store.save_vote(&vote).await.unwrap();
+    let entries: Vec<Entry> = (0..40).map(|i| entry(i, append(&[b"r"], None))).collect();
+    store.blocking_append(entries.clone()).await.unwrap();
+    store.purge(log_id(1, 9)).await.unwrap();
+    store.truncate(log_id(1, 30)).await.unwrap();
+    drop(store);
+
+    let mut store = LogStore::open(dir.path(), small()).unwrap();
+    assert_eq!(store.read_vote().await.unwrap(), Some(vote));
+    let state = store.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, 9)));
+    assert_eq!(state.last_log_id, Some(log_id(1, 29)));
+    let read = store.try_get_log_entries(0..100).await.unwrap();
+    assert_eq!(read, entries[10..30].to_vec());
+    // Appends continue after the truncation point.
+    store
+        .blocking_append([entry(30, EntryPayload::Blank)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_log_state().await.unwrap().last_log_id,
+        Some(log_id(1, 30))
+    );
+}
