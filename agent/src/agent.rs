@@ -18,9 +18,10 @@ use tonic::transport::Server;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
-use crate::log::{Log, LogError};
+use crate::log::LogError;
+use crate::raft::{NodeError, NodeSettings, RaftNode};
 use crate::server::auth::{AclError, Authorizer};
-use crate::server::{LocalLog, LogService};
+use crate::server::LogService;
 use crate::transport::tls::{self, TlsError};
 use crate::transport::{PlainTcp, TlsTcp, Transport, Unix};
 
@@ -35,9 +36,9 @@ pub enum AgentError {
     /// Another agent holds the data dir.
     #[error("data dir {} is locked by another agent", .0.display())]
     Locked(PathBuf),
-    /// The log failed to open or recover.
+    /// The log failed to open or recover, or Raft failed to start.
     #[error(transparent)]
-    Log(#[from] LogError),
+    Node(#[from] NodeError),
     /// TLS material was unusable.
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -67,7 +68,7 @@ pub type LogLevelHook = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 /// A running agent.
 pub struct Agent {
     config: ArcSwap<Config>,
-    log: Arc<Log>,
+    node: RaftNode,
     auth: Arc<Authorizer>,
     tls: Option<Arc<ArcSwap<ServerConfig>>>,
     max_record_bytes: Arc<AtomicU64>,
@@ -86,12 +87,13 @@ impl Agent {
     ) -> Result<Agent, AgentError> {
         tls::install_crypto_provider();
         let lock = lock_data_dir(&config.data_dir)?;
-        let log_dir = config.data_dir.join("log");
-        let log_config = config.log_config();
-        let log = tokio::task::spawn_blocking(move || Log::open(log_dir, log_config))
-            .await
-            .map_err(|e| io_err("opening the log")(std::io::Error::other(e)))??;
-        let log = Arc::new(log);
+        let node = RaftNode::start(NodeSettings {
+            dir: config.data_dir.clone(),
+            name: config.node_name.clone(),
+            log: config.log_config(),
+            snapshot_threshold: config.snapshot_threshold,
+        })
+        .await?;
         let (auth, tls) = if config.dev {
             warn!("dev mode: no TLS, no ACL, listening on 127.0.0.1 only");
             (Authorizer::allow_all(), None)
@@ -125,20 +127,18 @@ impl Agent {
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
         let max_record_bytes = Arc::new(AtomicU64::new(config.max_record_bytes));
-        let local = LocalLog::new(
-            Arc::clone(&log),
-            config.node_name.clone(),
-            rpc_addr.to_string(),
-        );
+        if config.bootstrap || config.dev {
+            node.bootstrap(&rpc_addr.to_string()).await?;
+        }
         let service = LogService::new(
-            Arc::new(local),
+            Arc::new(node.clone()),
             Arc::clone(&auth),
             Arc::clone(&max_record_bytes),
             cancel.clone(),
         );
         let agent = Agent {
             config: ArcSwap::from_pointee(config),
-            log,
+            node,
             auth,
             tls,
             max_record_bytes,
@@ -289,11 +289,8 @@ impl Agent {
         {
             warn!("calls still running after the drain deadline; closing anyway");
         }
-        let log = Arc::clone(&self.log);
-        tokio::task::spawn_blocking(move || log.close())
-            .await
-            .unwrap_or(Err(LogError::Closed))?;
-        info!("log closed");
+        self.node.shutdown().await?;
+        info!("raft stopped; log closed");
         Ok(())
     }
 }

@@ -58,8 +58,12 @@ fn acked_records_survive_kill_9_and_a_restart_with_the_same_command_line() {
 
     let mut agent = AgentProcess::start(&args, fx.path("agent2.log"));
     agent.wait_ready(&conn);
-    let out = client("consume", &conn, &["--json"], "");
-    assert!(out.status.success());
+    // Reads answer UNAVAILABLE until the restarted node has replayed its
+    // Raft log; then every acked record is there.
+    let out = eventually("the log to be replayed", Duration::from_secs(30), || {
+        let out = client("consume", &conn, &["--json"], "");
+        out.status.success().then_some(out)
+    });
     let records: Vec<serde_json::Value> = stdout(&out)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

@@ -116,4 +116,9 @@ pub struct AgentFlags {
     #[arg(long, value_parser = parse_bytes)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub segment_max_index_bytes: Option<u64>,
+    /// Raft entries since the last snapshot that trigger a new one
+    /// (default 100000).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_threshold: Option<u64>,
 }

@@ -105,6 +105,8 @@ pub struct Config {
     pub segment_max_store_bytes: u64,
     /// Segment index size limit, in bytes.
     pub segment_max_index_bytes: u64,
+    /// Raft entries applied since the last snapshot that trigger a new one.
+    pub snapshot_threshold: u64,
 }
 
 impl Default for Config {
@@ -136,6 +138,7 @@ impl Default for Config {
             max_record_bytes: 1 << 20,
             segment_max_store_bytes: log.max_store_bytes,
             segment_max_index_bytes: log.max_index_bytes,
+            snapshot_threshold: 100_000,
         }
     }
 }
@@ -211,6 +214,9 @@ impl Config {
                 self.segment_max_index_bytes,
                 "must be at least 1024",
             ));
+        }
+        if self.snapshot_threshold == 0 {
+            return Err(invalid("snapshot_threshold", 0, "must be at least 1"));
         }
         if self.sync == SyncMode::Interval && self.sync_interval_ms == 0 {
             return Err(invalid(

@@ -25,6 +25,7 @@
 
 pub mod codec;
 pub mod log_store;
+pub mod node;
 pub mod producers;
 pub mod snapshot;
 pub mod state_machine;
@@ -35,6 +36,7 @@ mod tests;
 use serde::{Deserialize, Serialize};
 
 pub use log_store::LogStore;
+pub use node::{NodeError, NodeSettings, RaftNode};
 pub use state_machine::StateMachine;
 
 /// A command replicated through Raft.

@@ -1,9 +1,9 @@
 //! The `log.v1.Log` gRPC service over a [`CommitLog`].
 //!
-//! The service sees storage only through [`CommitLog`]: the local WAL
-//! serves it now ([`LocalLog`]), the Raft-backed log later, and the agent
-//! picks one. Errors map to statuses in `status.rs`; authorization is in
-//! `auth.rs`.
+//! The service sees storage only through [`CommitLog`] (the agent gives it
+//! the Raft node, `crate::raft::RaftNode`), so the service does not change
+//! as the cluster grows. Errors map to statuses in `status.rs`;
+//! authorization is in `auth.rs`.
 
 pub mod auth;
 mod status;
@@ -23,85 +23,61 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::log::{Log, LogError};
+use crate::log::LogError;
 use auth::{Authorizer, CONSUME, PRODUCE};
 
 /// Replies a ProduceStream keeps in flight before it stops reading.
 const STREAM_WINDOW: usize = 256;
 
-/// Resolves to the first offset of an appended batch once it is durable.
-pub type Durable = Pin<Box<dyn Future<Output = Result<u64, LogError>> + Send>>;
+/// Why an append or read through a [`CommitLog`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// The storage refused or failed.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// An idempotent producer's sequence is older than the remembered
+    /// window: it can't be told from a retry, so it is refused.
+    #[error("sequence {sequence} of producer {producer:?} is older than the remembered window (oldest {oldest})")]
+    StaleSequence {
+        /// The producer id.
+        producer: String,
+        /// The refused sequence.
+        sequence: u64,
+        /// The oldest sequence still remembered.
+        oldest: u64,
+    },
+    /// No leader, or the node is shutting down.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// An idempotent producer's identity and the sequence of one request.
+pub type Producer = Option<(String, u64)>;
+
+/// Resolves to (first offset, count) of an appended batch once it is
+/// durable.
+pub type Durable = Pin<Box<dyn Future<Output = Result<(u64, u64), CommitError>> + Send>>;
 
 /// Resolves once a batch has its place in the log (see [`CommitLog::append`]).
-pub type Ordered = Pin<Box<dyn Future<Output = Result<Durable, LogError>> + Send>>;
+pub type Ordered = Pin<Box<dyn Future<Output = Result<Durable, CommitError>> + Send>>;
 
 /// What the gRPC service needs from storage.
 pub trait CommitLog: Send + Sync + 'static {
     /// Appends `records` contiguously, in two steps: the returned future
     /// resolves once the batch is ordered after every batch whose `Ordered`
     /// resolved before (it may wait for the disk to catch up first); the
-    /// `Durable` it yields resolves to the first offset once the batch is
-    /// durable (the next offset for an empty batch). Awaiting `Ordered`
+    /// `Durable` it yields resolves to the first offset and the count once
+    /// the batch is durable (the next offset and 0 for an empty batch). Awaiting `Ordered`
     /// before appending the next batch, and `Durable` later, pipelines a
-    /// stream of appends without reordering it.
-    fn append(&self, records: Vec<Vec<u8>>) -> Ordered;
+    /// stream of appends without reordering it. With a `producer`, a
+    /// sequence already applied answers with its original offsets.
+    fn append(&self, records: Vec<Vec<u8>>, producer: Producer) -> Ordered;
     /// Reads a committed record (a fast positional read).
-    fn read(&self, offset: u64) -> Result<Vec<u8>, LogError>;
+    fn read(&self, offset: u64) -> Result<Vec<u8>, CommitError>;
     /// The visible high watermark (next offset), updated as records commit.
     fn subscribe(&self) -> watch::Receiver<u64>;
     /// The servers of the cluster, for `GetServers`.
     fn servers(&self) -> Vec<Server>;
-}
-
-/// A single node's WAL as a [`CommitLog`]: it is its own leader.
-pub struct LocalLog {
-    log: Arc<Log>,
-    me: Server,
-}
-
-impl LocalLog {
-    /// Serves `log`, advertising this node as `id` at `rpc_addr`.
-    pub fn new(log: Arc<Log>, id: String, rpc_addr: String) -> LocalLog {
-        LocalLog {
-            log,
-            me: Server {
-                id,
-                rpc_addr,
-                is_leader: true,
-            },
-        }
-    }
-}
-
-impl CommitLog for LocalLog {
-    fn append(&self, records: Vec<Vec<u8>>) -> Ordered {
-        let log = Arc::clone(&self.log);
-        Box::pin(async move {
-            if let Some(written) = log.over_unsynced_bound() {
-                // Far ahead of the disk: let it catch up before writing more.
-                log.wait_durable(written).await?;
-            }
-            // The write is a short page-cache copy that fixes the offsets;
-            // durability is awaited without holding a thread.
-            let appended = log.append_batch_nowait(&records)?;
-            Ok(Box::pin(async move {
-                log.wait_durable(appended.next).await?;
-                Ok(appended.first)
-            }) as Durable)
-        })
-    }
-
-    fn read(&self, offset: u64) -> Result<Vec<u8>, LogError> {
-        self.log.read(offset)
-    }
-
-    fn subscribe(&self) -> watch::Receiver<u64> {
-        self.log.subscribe()
-    }
-
-    fn servers(&self) -> Vec<Server> {
-        vec![self.me.clone()]
-    }
 }
 
 /// The `log.v1.Log` service. Cheap to clone; clones share everything.
@@ -142,20 +118,20 @@ impl LogService {
         }
     }
 
-    /// Validates a ProduceRequest and returns its record's value.
-    fn check_produce(&self, req: ProduceRequest) -> Result<Vec<u8>, Status> {
+    /// Validates a ProduceRequest; returns its record's value and producer.
+    fn check_produce(&self, req: ProduceRequest) -> Result<(Vec<u8>, Producer), Status> {
         let record = req
             .record
             .ok_or_else(|| Status::invalid_argument("ProduceRequest.record is missing"))?;
         self.check_size(std::slice::from_ref(&record))?;
-        Ok(record.value)
+        Ok((record.value, producer(req.producer_id, req.sequence)))
     }
 
     async fn produce_one(&self, req: ProduceRequest) -> Result<ProduceResponse, Status> {
-        let value = self.check_produce(req)?;
-        let durable = self.log.append(vec![value]).await?;
+        let (value, producer) = self.check_produce(req)?;
+        let durable = self.log.append(vec![value], producer).await?;
         Ok(ProduceResponse {
-            offset: durable.await?,
+            offset: durable.await?.0,
         })
     }
 }
@@ -258,7 +234,11 @@ impl LogRpc for LogService {
                     Ok(None) | Err(_) => return,
                 };
                 let ordered = match this.check_produce(req) {
-                    Ok(value) => this.log.append(vec![value]).await.map_err(Status::from),
+                    Ok((value, producer)) => this
+                        .log
+                        .append(vec![value], producer)
+                        .await
+                        .map_err(Status::from),
                     Err(status) => Err(status),
                 };
                 if pending_tx.send(ordered).await.is_err() {
@@ -271,7 +251,7 @@ impl LogRpc for LogService {
                 let reply = match pending {
                     Ok(durable) => durable
                         .await
-                        .map(|offset| ProduceResponse { offset })
+                        .map(|(offset, _)| ProduceResponse { offset })
                         .map_err(Status::from),
                     Err(status) => Err(status),
                 };
@@ -299,14 +279,19 @@ impl LogRpc for LogService {
         self.auth.authorize(&req, PRODUCE)?;
         let batch = req.into_inner();
         self.check_size(&batch.records)?;
-        let count = batch.records.len() as u64;
         let values = batch.records.into_iter().map(|r| r.value).collect();
-        let first_offset = self.log.append(values).await?.await?;
+        let producer = producer(batch.producer_id, batch.sequence);
+        let (first_offset, count) = self.log.append(values, producer).await?.await?;
         Ok(Response::new(ProduceBatchResponse {
             first_offset,
             count,
         }))
     }
+}
+
+/// The producer of a request: none when `producer_id` is empty.
+fn producer(id: String, sequence: u64) -> Producer {
+    (!id.is_empty()).then_some((id, sequence))
 }
 
 #[cfg(test)]

@@ -2,7 +2,18 @@
 
 use tonic::Status;
 
+use super::CommitError;
 use crate::log::LogError;
+
+impl From<CommitError> for Status {
+    fn from(e: CommitError) -> Status {
+        match e {
+            CommitError::Log(e) => e.into(),
+            CommitError::StaleSequence { .. } => Status::failed_precondition(e.to_string()),
+            CommitError::Unavailable(_) => Status::unavailable(e.to_string()),
+        }
+    }
+}
 
 impl From<LogError> for Status {
     fn from(e: LogError) -> Status {

@@ -17,6 +17,7 @@ use crate::config::Config;
 struct Node {
     agent: Agent,
     dir: tempfile::TempDir,
+    config: Config,
 }
 
 impl Node {
@@ -40,6 +41,7 @@ impl Node {
             data_dir: dir.path().join("data"),
             node_name: "test-node".into(),
             rpc_port: 0,
+            bootstrap: true,
             acl_model_file: Some(acl.join("model.conf")),
             acl_policy_file: Some(acl.join("policy.csv")),
             server_tls_cert_file: Some(certs.join("server.pem")),
@@ -49,8 +51,15 @@ impl Node {
         };
         customize(&mut config);
         config.validate().unwrap();
-        let agent = Agent::start(config, None).await.unwrap();
-        Node { agent, dir }
+        let agent = Agent::start(config.clone(), None).await.unwrap();
+        Node { agent, dir, config }
+    }
+
+    /// Stops the agent cleanly and starts it again on the same data.
+    async fn restart(self) -> Node {
+        self.agent.shutdown().await.unwrap();
+        let agent = Agent::start(self.config.clone(), None).await.unwrap();
+        Node { agent, ..self }
     }
 
     fn certs(&self) -> PathBuf {
@@ -291,9 +300,15 @@ async fn garbage_and_silent_connections_do_not_disturb_serving() {
 #[tokio::test]
 async fn get_servers_lists_this_node_as_leader() {
     let node = Node::start(|_| {}).await;
-    let servers = node.client("root").await.servers().await.unwrap();
+    let mut c = node.client("root").await;
+    // The one-node cluster elects itself shortly after start.
+    eventually("a leader in GetServers", async || {
+        c.servers().await.unwrap().iter().any(|s| s.is_leader)
+    })
+    .await;
+    let servers = c.servers().await.unwrap();
     assert_eq!(servers.len(), 1);
-    assert!(servers[0].is_leader);
+    assert_eq!(servers[0].id, "test-node");
     assert_eq!(servers[0].rpc_addr, node.agent.rpc_addr().to_string());
 }
 
@@ -412,6 +427,65 @@ async fn rotated_server_certs_apply_to_new_connections_while_old_streams_flow() 
         .unwrap()
         .unwrap();
     assert_eq!((offset, value.as_slice()), (1, &b"after"[..]));
+}
+
+#[tokio::test]
+async fn a_retried_producer_sequence_appends_once_also_after_a_restart() {
+    let node = Node::start(|_| {}).await;
+    let mut c = node.client("root").await;
+    let request = |seq: u64, value: &[u8]| ProduceRequest {
+        record: Some(Record {
+            value: value.to_vec(),
+            ..Record::default()
+        }),
+        producer_id: "app-1".into(),
+        sequence: seq,
+    };
+    c.produce("other").await.unwrap();
+    let first = c
+        .rpc()
+        .produce(request(7, b"once"))
+        .await
+        .unwrap()
+        .into_inner();
+    let retry = c
+        .rpc()
+        .produce(request(7, b"once"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((first.offset, retry.offset), (1, 1));
+    let batch = ProduceBatchRequest {
+        records: vec![Record::default(), Record::default()],
+        producer_id: "app-1".into(),
+        sequence: 8,
+    };
+    let b1 = c
+        .rpc()
+        .produce_batch(batch.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let b2 = c.rpc().produce_batch(batch).await.unwrap().into_inner();
+    assert_eq!((b1.first_offset, b1.count), (2, 2));
+    assert_eq!((b2.first_offset, b2.count), (2, 2));
+    for seq in 9..9 + crate::raft::producers::WINDOW as u64 {
+        c.rpc().produce(request(seq, b"more")).await.unwrap();
+    }
+    let stale = c.rpc().produce(request(7, b"once")).await.unwrap_err();
+    assert_eq!(stale.code(), Code::FailedPrecondition);
+
+    let node = node.restart().await;
+    let mut c = node.client("root").await;
+    let again = c
+        .rpc()
+        .produce(request(9, b"more"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.offset, 4, "the producer table survived the restart");
+    let next = c.produce("fresh").await.unwrap();
+    assert_eq!(next, 4 + crate::raft::producers::WINDOW as u64);
 }
 
 /// Opens a ProduceStream sending one request per value.

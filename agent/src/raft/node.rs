@@ -1,0 +1,344 @@
+//! [`RaftNode`]: one Raft member over our log store and state machine,
+//! serving the gRPC service's [`CommitLog`]. Produce goes through Raft;
+//! reads serve applied records only.
+
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::storage::RaftLogStorage;
+use openraft::{BasicNode, Raft, SnapshotPolicy};
+use proglog_proto::Server;
+use tokio::sync::watch;
+use tracing::info;
+
+use super::{LogStore, Request, Response, StateMachine, TypeConfig};
+use crate::log::{LogConfig, LogError};
+use crate::server::{CommitError, CommitLog, Durable, Ordered, Producer};
+
+/// How long a write waits for a leader before UNAVAILABLE.
+const LEADER_WAIT: Duration = Duration::from_secs(5);
+
+/// Why a Raft node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Opening the Raft log or the state machine failed.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// openraft refused to start or initialize.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// The node's identity files could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Identity {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Settings of a [`RaftNode`].
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    /// Directory for the Raft log, the state machine and identity files.
+    pub dir: PathBuf,
+    /// Human name of the node (GetServers shows it).
+    pub name: String,
+    /// Segment sizes for the Raft log and the data log.
+    pub log: LogConfig,
+    /// Entries applied since the last snapshot that trigger a new one.
+    pub snapshot_threshold: u64,
+}
+
+/// A running Raft member. Cheap to clone.
+#[derive(Clone)]
+pub struct RaftNode {
+    id: u64,
+    name: String,
+    raft: Raft<TypeConfig>,
+    sm: StateMachine,
+    log: LogStore,
+    dir: PathBuf,
+    /// Set once the state machine has applied every entry the Raft log
+    /// held at start: until then, reads past the data log's end answer
+    /// UNAVAILABLE rather than a misleading OUT_OF_RANGE.
+    caught_up: Arc<AtomicBool>,
+}
+
+impl RaftNode {
+    /// Opens the stores and starts Raft. The node id is created on first
+    /// start and persisted in the directory.
+    pub async fn start(settings: NodeSettings) -> Result<RaftNode, NodeError> {
+        std::fs::create_dir_all(&settings.dir).map_err(|source| NodeError::Identity {
+            path: settings.dir.clone(),
+            source,
+        })?;
+        let id = persisted_id(&settings.dir.join("node-id"))?;
+        let log = LogStore::open(&settings.dir.join("raft"), settings.log.clone())?;
+        let sm = StateMachine::open(&settings.dir.join("sm"), settings.log.clone())?;
+        let config = openraft::Config {
+            cluster_name: "proglog".into(),
+            heartbeat_interval: 100,
+            election_timeout_min: 300,
+            election_timeout_max: 600,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_threshold),
+            max_in_snapshot_log_to_keep: 1000,
+            ..openraft::Config::default()
+        }
+        .validate()
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let last_at_start = log
+            .clone()
+            .get_log_state()
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?
+            .last_log_id
+            .map(|l| l.index);
+        let raft = Raft::new(id, Arc::new(config), NoNetwork, log.clone(), sm.clone())
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let caught_up = Arc::new(AtomicBool::new(last_at_start.is_none()));
+        if !caught_up.load(Ordering::Acquire) {
+            let (raft, flag) = (raft.clone(), Arc::clone(&caught_up));
+            tokio::spawn(async move {
+                let applied = raft
+                    .wait(None)
+                    .applied_index_at_least(last_at_start, "replay")
+                    .await;
+                if applied.is_ok() {
+                    flag.store(true, Ordering::Release);
+                    info!("state machine caught up with the raft log");
+                }
+            });
+        }
+        Ok(RaftNode {
+            id,
+            name: settings.name,
+            raft,
+            sm,
+            log,
+            dir: settings.dir,
+            caught_up,
+        })
+    }
+
+    /// Initializes a one-member cluster of this node, unless Raft state
+    /// exists (then it is a no-op). Returns whether it initialized.
+    pub async fn bootstrap(&self, rpc_addr: &str) -> Result<bool, NodeError> {
+        let initialized = self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        if initialized {
+            return Ok(false);
+        }
+        let members = BTreeMap::from([(self.id, BasicNode::new(rpc_addr))]);
+        self.raft
+            .initialize(members)
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        persisted_id(&self.dir.join("cluster-id"))?;
+        info!(node_id = self.id, "bootstrapped a new cluster");
+        Ok(true)
+    }
+
+    /// This node's Raft id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Stops Raft and closes both logs.
+    pub async fn shutdown(&self) -> Result<(), LogError> {
+        let _ = self.raft.shutdown().await;
+        self.log.wal().close()?;
+        self.sm.data().close()
+    }
+
+    /// Waits (bounded) until this node leads.
+    async fn wait_leader(&self) -> Result<(), CommitError> {
+        let id = self.id;
+        let led = self
+            .raft
+            .wait(Some(LEADER_WAIT))
+            .metrics(|m| m.current_leader.is_some(), "a leader")
+            .await
+            .map_err(|_| CommitError::Unavailable("no leader elected".into()))?;
+        match led.current_leader {
+            Some(leader) if leader == id => Ok(()),
+            Some(leader) => Err(CommitError::Unavailable(format!(
+                "node {leader} leads; forwarding arrives with the cluster"
+            ))),
+            None => Err(CommitError::Unavailable("no leader elected".into())),
+        }
+    }
+}
+
+impl CommitLog for RaftNode {
+    fn append(&self, records: Vec<Vec<u8>>, producer: Producer) -> Ordered {
+        let this = self.clone();
+        Box::pin(async move {
+            this.wait_leader().await?;
+            let named = producer.clone();
+            let req = Request::Append {
+                records,
+                producer,
+                at_ms: now_ms(),
+            };
+            let pending = this
+                .raft
+                .client_write_ff(req)
+                .await
+                .map_err(|e| CommitError::Unavailable(e.to_string()))?;
+            Ok(Box::pin(async move {
+                let reply = pending
+                    .await
+                    .map_err(|_| CommitError::Unavailable("raft stopped".into()))?
+                    .map_err(|e| CommitError::Unavailable(e.to_string()))?;
+                match reply.data {
+                    Response::Appended {
+                        first_offset,
+                        count,
+                    } => Ok((first_offset, count)),
+                    Response::StaleSequence { oldest } => {
+                        let (producer, sequence) = named.unwrap_or_default();
+                        Err(CommitError::StaleSequence {
+                            producer,
+                            sequence,
+                            oldest,
+                        })
+                    }
+                    other => Err(CommitError::Unavailable(format!(
+                        "unexpected reply {other:?}"
+                    ))),
+                }
+            }) as Durable)
+        })
+    }
+
+    fn read(&self, offset: u64) -> Result<Vec<u8>, CommitError> {
+        if offset < self.sm.lowest_offset() {
+            return Err(LogError::OffsetOutOfRange { offset }.into());
+        }
+        match self.sm.data().read(offset) {
+            Err(LogError::OffsetOutOfRange { .. }) if !self.caught_up.load(Ordering::Acquire) => {
+                Err(CommitError::Unavailable(
+                    "replaying the raft log after a restart".into(),
+                ))
+            }
+            other => Ok(other?),
+        }
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.sm.data().subscribe()
+    }
+
+    fn servers(&self) -> Vec<Server> {
+        let metrics = self.raft.metrics().borrow().clone();
+        metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, node)| Server {
+                id: if *id == self.id {
+                    self.name.clone()
+                } else {
+                    id.to_string()
+                },
+                rpc_addr: node.addr.clone(),
+                is_leader: metrics.current_leader == Some(*id),
+            })
+            .collect()
+    }
+}
+
+/// Reads a random id persisted in `path`, creating it on first use.
+fn persisted_id(path: &Path) -> Result<u64, NodeError> {
+    let err = |source| NodeError::Identity {
+        path: path.to_path_buf(),
+        source,
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) => text.trim().parse().map_err(|_| {
+            err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "not a number",
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // RandomState is seeded from the OS; zero is kept free.
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(now_ms());
+            let id = h.finish().max(1) >> 1;
+            super::log_store::write_durably(path, id.to_string().as_bytes()).map_err(err)?;
+            Ok(id)
+        }
+        Err(e) => Err(err(e)),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The network of a node with no peers yet: the Raft transport over the
+/// shared port (first byte 0x01) arrives with the cluster. A one-member
+/// cluster never calls it; calls fail as unreachable.
+struct NoNetwork;
+
+fn unreachable<E: std::error::Error>() -> RPCError<u64, BasicNode, E> {
+    RPCError::Network(NetworkError::new(&std::io::Error::other(
+        "no raft transport on this node yet",
+    )))
+}
+
+impl RaftNetworkFactory<TypeConfig> for NoNetwork {
+    type Network = NoNetwork;
+
+    async fn new_client(&mut self, _target: u64, _node: &BasicNode) -> NoNetwork {
+        NoNetwork
+    }
+}
+
+impl RaftNetwork<TypeConfig> for NoNetwork {
+    async fn append_entries(
+        &mut self,
+        _rpc: AppendEntriesRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        Err(unreachable())
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        _rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<u64>,
+        RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
+    > {
+        Err(unreachable())
+    }
+
+    async fn vote(
+        &mut self,
+        _rpc: VoteRequest<u64>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        Err(unreachable())
+    }
+}
