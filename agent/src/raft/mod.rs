@@ -52,6 +52,10 @@ pub enum Request {
         /// notion of "now" (for producer TTLs), identical on every node.
         at_ms: u64,
     },
+    /// Several client appends in one entry, applied in order (the node
+    /// batches requests that arrive while an entry is being committed:
+    /// group commit at the Raft level). Each element is an `Append`.
+    Batch(Vec<Request>),
     /// Drop records below `lowest` on every node (retention).
     Retain {
         /// The new lowest offset.
@@ -80,6 +84,8 @@ pub enum Response {
         /// The new lowest offset.
         lowest: u64,
     },
+    /// One response per request of a `Batch`, in order.
+    Batch(Vec<Response>),
     /// Blank and membership entries answer nothing.
     Empty,
 }

@@ -18,7 +18,7 @@ use openraft::raft::{
 use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, Raft, SnapshotPolicy};
 use proglog_proto::Server;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::info;
 
 use super::{LogStore, Request, Response, StateMachine, TypeConfig};
@@ -74,7 +74,18 @@ pub struct RaftNode {
     /// held at start: until then, reads past the data log's end answer
     /// UNAVAILABLE rather than a misleading OUT_OF_RANGE.
     caught_up: Arc<AtomicBool>,
+    /// Requests waiting to be proposed (see [`propose_loop`]).
+    proposals: mpsc::Sender<Pending>,
 }
+
+/// An append request and where its answer goes.
+type Pending = (Request, oneshot::Sender<Result<Response, CommitError>>);
+
+/// Requests queued for proposal before producers wait (backpressure).
+const PROPOSAL_QUEUE: usize = 4096;
+/// The most client requests, and record bytes, batched into one entry.
+const MAX_BATCH: usize = 1024;
+const MAX_BATCH_BYTES: usize = 8 << 20;
 
 impl RaftNode {
     /// Opens the stores and starts Raft. The node id is created on first
@@ -122,6 +133,8 @@ impl RaftNode {
                 }
             });
         }
+        let (proposals, queue) = mpsc::channel(PROPOSAL_QUEUE);
+        tokio::spawn(propose_loop(raft.clone(), id, queue));
         Ok(RaftNode {
             id,
             name: settings.name,
@@ -130,6 +143,7 @@ impl RaftNode {
             log,
             dir: settings.dir,
             caught_up,
+            proposals,
         })
     }
 
@@ -165,48 +179,99 @@ impl RaftNode {
         self.log.wal().close()?;
         self.sm.data().close()
     }
+}
 
-    /// Waits (bounded) until this node leads.
-    async fn wait_leader(&self) -> Result<(), CommitError> {
-        let id = self.id;
-        let led = self
-            .raft
-            .wait(Some(LEADER_WAIT))
-            .metrics(|m| m.current_leader.is_some(), "a leader")
-            .await
-            .map_err(|_| CommitError::Unavailable("no leader elected".into()))?;
-        match led.current_leader {
-            Some(leader) if leader == id => Ok(()),
-            Some(leader) => Err(CommitError::Unavailable(format!(
-                "node {leader} leads; forwarding arrives with the cluster"
-            ))),
-            None => Err(CommitError::Unavailable("no leader elected".into())),
+/// Waits (bounded) until node `id` leads.
+async fn wait_leader(raft: &Raft<TypeConfig>, id: u64) -> Result<(), CommitError> {
+    let led = raft
+        .wait(Some(LEADER_WAIT))
+        .metrics(|m| m.current_leader.is_some(), "a leader")
+        .await
+        .map_err(|_| CommitError::Unavailable("no leader elected".into()))?;
+    match led.current_leader {
+        Some(leader) if leader == id => Ok(()),
+        Some(leader) => Err(CommitError::Unavailable(format!(
+            "node {leader} leads; forwarding arrives with the cluster"
+        ))),
+        None => Err(CommitError::Unavailable("no leader elected".into())),
+    }
+}
+
+/// Group commit at the Raft level. openraft 0.9 writes and flushes one
+/// append at a time, so one entry per request would cost one fsync per
+/// request. Instead, one entry is in flight at a time and every request
+/// that arrives meanwhile goes into the next entry, as a `Request::Batch`.
+async fn propose_loop(raft: Raft<TypeConfig>, id: u64, mut queue: mpsc::Receiver<Pending>) {
+    while let Some(first) = queue.recv().await {
+        let mut bytes = request_bytes(&first.0);
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            match queue.try_recv() {
+                Ok(next) => {
+                    bytes += request_bytes(&next.0);
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
         }
+        let (requests, replies): (Vec<Request>, Vec<_>) = batch.into_iter().unzip();
+        let written = match wait_leader(&raft, id).await {
+            Ok(()) => raft
+                .client_write(Request::Batch(requests))
+                .await
+                .map_err(|e| CommitError::Unavailable(e.to_string())),
+            Err(e) => Err(e),
+        };
+        match written.map(|w| w.data) {
+            Ok(Response::Batch(answers)) if answers.len() == replies.len() => {
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(Ok(answer));
+                }
+            }
+            Ok(other) => {
+                for reply in replies {
+                    let _ = reply.send(Err(CommitError::Unavailable(format!(
+                        "unexpected reply {other:?}"
+                    ))));
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(CommitError::Unavailable(message.clone())));
+                }
+            }
+        }
+    }
+}
+
+fn request_bytes(req: &Request) -> usize {
+    match req {
+        Request::Append { records, .. } => records.iter().map(Vec::len).sum(),
+        _ => 0,
     }
 }
 
 impl CommitLog for RaftNode {
     fn append(&self, records: Vec<Vec<u8>>, producer: Producer) -> Ordered {
-        let this = self.clone();
+        let proposals = self.proposals.clone();
         Box::pin(async move {
-            this.wait_leader().await?;
             let named = producer.clone();
             let req = Request::Append {
                 records,
                 producer,
                 at_ms: now_ms(),
             };
-            let pending = this
-                .raft
-                .client_write_ff(req)
+            let (reply_tx, reply_rx) = oneshot::channel();
+            proposals
+                .send((req, reply_tx))
                 .await
-                .map_err(|e| CommitError::Unavailable(e.to_string()))?;
+                .map_err(|_| CommitError::Unavailable("raft stopped".into()))?;
             Ok(Box::pin(async move {
-                let reply = pending
+                let reply = reply_rx
                     .await
-                    .map_err(|_| CommitError::Unavailable("raft stopped".into()))?
-                    .map_err(|e| CommitError::Unavailable(e.to_string()))?;
-                match reply.data {
+                    .map_err(|_| CommitError::Unavailable("raft stopped".into()))??;
+                match reply {
                     Response::Appended {
                         first_offset,
                         count,

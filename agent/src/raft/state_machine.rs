@@ -163,6 +163,11 @@ impl StateMachine {
                     count,
                 })
             }
+            Request::Batch(requests) => requests
+                .into_iter()
+                .map(|r| self.apply_request(applied, r))
+                .collect::<Result<_, _>>()
+                .map(Response::Batch),
             Request::Retain { lowest } => {
                 let lowest = lowest
                     .min(applied.state.next_offset)

@@ -236,3 +236,45 @@ async fn the_log_store_keeps_its_vote_entries_and_purge_point_across_reopen() {
         Some(log_id(1, 30))
     );
 }
+
+#[tokio::test]
+async fn a_batch_entry_answers_each_request_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = StateMachine::open(dir.path(), small()).unwrap();
+    let one = |records: &[&[u8]], producer: Option<(&str, u64)>| match append(records, producer) {
+        EntryPayload::Normal(req) => req,
+        _ => unreachable!("append builds a normal entry"),
+    };
+    let batch = Request::Batch(vec![
+        one(&[b"a"], None),
+        one(&[b"b", b"c"], Some(("p", 1))),
+        one(&[b"b", b"c"], Some(("p", 1))),
+        one(&[b"d"], None),
+    ]);
+    let replies = sm
+        .apply(vec![entry(0, EntryPayload::Normal(batch))])
+        .await
+        .unwrap();
+    assert_eq!(
+        replies,
+        vec![Response::Batch(vec![
+            Response::Appended {
+                first_offset: 0,
+                count: 1
+            },
+            Response::Appended {
+                first_offset: 1,
+                count: 2
+            },
+            Response::Appended {
+                first_offset: 1,
+                count: 2
+            },
+            Response::Appended {
+                first_offset: 3,
+                count: 1
+            },
+        ])]
+    );
+    assert_eq!(sm.data().read(3).unwrap(), b"d");
+}
