@@ -92,6 +92,8 @@ impl Agent {
             name: config.node_name.clone(),
             log: config.log_config(),
             snapshot_threshold: config.snapshot_threshold,
+            retention_bytes: config.retention_bytes,
+            retention_age: config.retention_age().expect("validated"),
         })
         .await?;
         let (auth, tls) = if config.dev {

@@ -121,4 +121,13 @@ pub struct AgentFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot_threshold: Option<u64>,
+    /// Keep at most this many bytes of records, e.g. 10GiB (default 0: no
+    /// limit).
+    #[arg(long, value_parser = parse_bytes)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention_bytes: Option<u64>,
+    /// Drop records older than this, e.g. 168h (default 0s: no limit).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention_age: Option<String>,
 }

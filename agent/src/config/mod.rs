@@ -107,6 +107,12 @@ pub struct Config {
     pub segment_max_index_bytes: u64,
     /// Raft entries applied since the last snapshot that trigger a new one.
     pub snapshot_threshold: u64,
+    /// Keep at most this many bytes of records (0: no limit); the leader
+    /// drops the oldest whole segments on every node.
+    pub retention_bytes: u64,
+    /// Drop segments last written longer ago than this, e.g. "168h"
+    /// ("0s": no limit).
+    pub retention_age: String,
 }
 
 impl Default for Config {
@@ -139,6 +145,8 @@ impl Default for Config {
             segment_max_store_bytes: log.max_store_bytes,
             segment_max_index_bytes: log.max_index_bytes,
             snapshot_threshold: 100_000,
+            retention_bytes: 0,
+            retention_age: "0s".into(),
         }
     }
 }
@@ -215,6 +223,7 @@ impl Config {
                 "must be at least 1024",
             ));
         }
+        self.retention_age()?;
         if self.snapshot_threshold == 0 {
             return Err(invalid("snapshot_threshold", 0, "must be at least 1"));
         }
@@ -267,6 +276,13 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The retention age, `None` when unlimited.
+    pub fn retention_age(&self) -> Result<Option<Duration>, ConfigError> {
+        let age = crate::units::parse_duration(&self.retention_age)
+            .map_err(|e| invalid("retention_age", &self.retention_age, &e))?;
+        Ok((!age.is_zero()).then_some(age))
     }
 
     /// The Unix socket's file mode.

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use error::IoContext;
 pub use error::{LogError, Result};
-pub use wal::{Appended, Log, LogReader, SyncStats};
+pub use wal::{Appended, Log, LogReader, SegmentInfo, SyncStats};
 
 /// When appends are made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,4 +107,31 @@ pub(crate) fn bad_header(path: &Path, reason: &'static str) -> LogError {
         position: 0,
         reason,
     }
+}
+
+/// The lowest offset to keep so that the retained segments hold at most
+/// `max_bytes` (0: no limit) and none was last written longer than
+/// `max_age` ago (`None`: no limit). The active (last) segment always stays.
+pub fn retention_point(
+    segments: &[SegmentInfo],
+    max_bytes: u64,
+    max_age: Option<Duration>,
+    now: std::time::SystemTime,
+) -> u64 {
+    let Some(last) = segments.last() else {
+        return 0;
+    };
+    let mut total: u64 = segments.iter().map(|s| s.bytes).sum();
+    for s in &segments[..segments.len() - 1] {
+        let too_big = max_bytes > 0 && total > max_bytes;
+        let too_old = match (max_age, s.modified) {
+            (Some(age), Some(modified)) => now.duration_since(modified).is_ok_and(|d| d > age),
+            _ => false,
+        };
+        if !too_big && !too_old {
+            return s.base;
+        }
+        total -= s.bytes;
+    }
+    last.base
 }

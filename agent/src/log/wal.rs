@@ -38,6 +38,19 @@ pub struct Appended {
     pub next: u64,
 }
 
+/// One segment as retention sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// First offset.
+    pub base: u64,
+    /// Offset after its last record.
+    pub next: u64,
+    /// Store bytes.
+    pub bytes: u64,
+    /// Last write to the store file.
+    pub modified: Option<std::time::SystemTime>,
+}
+
 /// A segmented, durable, append-only log of byte records with dense offsets.
 ///
 /// Cheap to share: every method takes `&self`. Records become visible to
@@ -293,6 +306,23 @@ impl Log {
     /// Group-commit counters since open.
     pub fn sync_stats(&self) -> SyncStats {
         self.shared.lock_sync().stats
+    }
+
+    /// The segments, oldest first: what retention decides on.
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        let inner = self.shared.inner.read().unwrap_or_else(|e| e.into_inner());
+        inner
+            .segments
+            .iter()
+            .map(|s| SegmentInfo {
+                base: s.base(),
+                next: s.next_offset(),
+                bytes: s.store_size(),
+                modified: std::fs::metadata(s.store_file())
+                    .and_then(|m| m.modified())
+                    .ok(),
+            })
+            .collect()
     }
 
     /// Offset of the oldest retained record (the next offset if empty).

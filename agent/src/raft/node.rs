@@ -19,10 +19,11 @@ use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, Raft, SnapshotPolicy};
 use proglog_proto::Server;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::{LogStore, Request, Response, StateMachine, TypeConfig};
-use crate::log::{LogConfig, LogError};
+use crate::log::{retention_point, LogConfig, LogError};
 use crate::server::{CommitError, CommitLog, Durable, Ordered, Producer};
 
 /// How long a write waits for a leader before UNAVAILABLE.
@@ -59,6 +60,10 @@ pub struct NodeSettings {
     pub log: LogConfig,
     /// Entries applied since the last snapshot that trigger a new one.
     pub snapshot_threshold: u64,
+    /// Retention by size (0: none).
+    pub retention_bytes: u64,
+    /// Retention by age.
+    pub retention_age: Option<Duration>,
 }
 
 /// A running Raft member. Cheap to clone.
@@ -76,6 +81,8 @@ pub struct RaftNode {
     caught_up: Arc<AtomicBool>,
     /// Requests waiting to be proposed (see [`propose_loop`]).
     proposals: mpsc::Sender<Pending>,
+    /// Stops the background loops.
+    stop: CancellationToken,
 }
 
 /// An append request and where its answer goes.
@@ -135,6 +142,16 @@ impl RaftNode {
         }
         let (proposals, queue) = mpsc::channel(PROPOSAL_QUEUE);
         tokio::spawn(propose_loop(raft.clone(), id, queue));
+        let stop = CancellationToken::new();
+        if settings.retention_bytes > 0 || settings.retention_age.is_some() {
+            tokio::spawn(retention_loop(
+                raft.clone(),
+                id,
+                sm.clone(),
+                (settings.retention_bytes, settings.retention_age),
+                stop.clone(),
+            ));
+        }
         Ok(RaftNode {
             id,
             name: settings.name,
@@ -144,6 +161,7 @@ impl RaftNode {
             dir: settings.dir,
             caught_up,
             proposals,
+            stop,
         })
     }
 
@@ -175,6 +193,7 @@ impl RaftNode {
 
     /// Stops Raft and closes both logs.
     pub async fn shutdown(&self) -> Result<(), LogError> {
+        self.stop.cancel();
         let _ = self.raft.shutdown().await;
         self.log.wal().close()?;
         self.sm.data().close()
@@ -240,6 +259,41 @@ async fn propose_loop(raft: Raft<TypeConfig>, id: u64, mut queue: mpsc::Receiver
                 for reply in replies {
                     let _ = reply.send(Err(CommitError::Unavailable(message.clone())));
                 }
+            }
+        }
+    }
+}
+
+/// How often the leader checks retention.
+const RETENTION_CHECK: Duration = Duration::from_secs(1);
+
+/// On the leader, proposes a new lowest offset when segments exceed the
+/// retention limits; every node applies the same `Retain` command.
+async fn retention_loop(
+    raft: Raft<TypeConfig>,
+    id: u64,
+    sm: StateMachine,
+    (max_bytes, max_age): (u64, Option<Duration>),
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(RETENTION_CHECK);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if raft.metrics().borrow().current_leader != Some(id) {
+            continue;
+        }
+        let segments = sm.data().segments();
+        let lowest = retention_point(&segments, max_bytes, max_age, std::time::SystemTime::now());
+        if lowest > sm.lowest_offset() {
+            match raft.client_write(Request::Retain { lowest }).await {
+                Ok(_) => info!(
+                    lowest,
+                    "retention: dropped records below the new lowest offset"
+                ),
+                Err(e) => tracing::warn!(error = %e, "retention proposal failed"),
             }
         }
     }

@@ -488,6 +488,40 @@ async fn a_retried_producer_sequence_appends_once_also_after_a_restart() {
     assert_eq!(next, 4 + crate::raft::producers::WINDOW as u64);
 }
 
+#[tokio::test]
+async fn retention_drops_old_records_and_reads_below_get_out_of_range() {
+    let node = Node::start(|c| {
+        c.segment_max_store_bytes = 1024;
+        c.retention_bytes = 3000;
+    })
+    .await;
+    let mut c = node.client("root").await;
+    for i in 0..100u32 {
+        c.produce(format!("record-{i:04}-{}", "x".repeat(80)))
+            .await
+            .unwrap();
+    }
+    eventually("retention to drop offset 0", async || {
+        matches!(c.consume(0).await, Err(Error::Status(s)) if s.code() == Code::OutOfRange)
+    })
+    .await;
+    let newest = c.consume(99).await.unwrap();
+    assert!(newest.starts_with(b"record-0099"));
+    // Everything from the new lowest offset on is still there, densely.
+    let mut lowest = 0;
+    while c.consume(lowest).await.is_err() {
+        lowest += 1;
+    }
+    assert!(lowest > 0 && lowest < 99, "lowest {lowest}");
+    for o in lowest..100 {
+        assert!(c
+            .consume(o)
+            .await
+            .unwrap()
+            .starts_with(format!("record-{o:04}").as_bytes()));
+    }
+}
+
 /// Opens a ProduceStream sending one request per value.
 async fn produce_stream(
     c: &mut Client,

@@ -162,3 +162,36 @@ async fn async_appenders() -> Vec<u64> {
     all.sort_unstable();
     all
 }
+
+#[test]
+fn retention_point_drops_oldest_segments_by_size_and_age() {
+    use std::time::{Duration, SystemTime};
+    let now = SystemTime::now();
+    let seg = |base: u64, bytes: u64, age_s: u64| super::SegmentInfo {
+        base,
+        next: base + 10,
+        bytes,
+        modified: Some(now - Duration::from_secs(age_s)),
+    };
+    let segments = [
+        seg(0, 100, 300),
+        seg(10, 100, 200),
+        seg(20, 100, 100),
+        seg(30, 50, 0),
+    ];
+    assert_eq!(super::retention_point(&segments, 0, None, now), 0);
+    assert_eq!(super::retention_point(&segments, 250, None, now), 10);
+    assert_eq!(
+        super::retention_point(&segments, 1, None, now),
+        30,
+        "the active segment stays"
+    );
+    assert_eq!(
+        super::retention_point(&segments, 0, Some(Duration::from_secs(150)), now),
+        20
+    );
+    assert_eq!(
+        super::retention_point(&segments, 300, Some(Duration::from_secs(250)), now),
+        10
+    );
+}
