@@ -14,11 +14,16 @@ use serde::{Deserialize, Serialize};
 use super::{codec, io_error, Entry, LogId, StorageError, TypeConfig, Vote};
 use crate::log::{Log, LogConfig, LogError, SyncPolicy};
 
-/// What the Raft log keeps beside its entries. Always fsynced.
+/// What the Raft log keeps beside its entries. Written durably whenever
+/// the vote or the purge point changes; the committed id rides along (it
+/// need not be durable: it only lets a restarted node apply committed
+/// entries before it hears from a leader) and is also written on close.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Meta {
     vote: Option<Vote>,
     last_purged: Option<LogId>,
+    #[serde(default)]
+    committed: Option<LogId>,
 }
 
 /// openraft's log storage over our WAL. Clones share the log.
@@ -71,6 +76,17 @@ impl LogStore {
     /// The underlying WAL (for metrics and shutdown).
     pub fn wal(&self) -> &Arc<Log> {
         &self.log
+    }
+
+    /// Writes the metadata (with the latest committed id) and closes the
+    /// log.
+    pub fn close(&self) -> Result<(), LogError> {
+        let bytes = serde_json::to_vec(&self.meta()).expect("metadata serializes");
+        write_durably(&self.meta_path, &bytes).map_err(|source| LogError::Io {
+            path: self.meta_path.clone(),
+            source,
+        })?;
+        self.log.close()
     }
 
     fn meta(&self) -> Meta {
@@ -207,6 +223,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
         Ok(self.meta().vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        self.meta
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .committed = committed;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.meta().committed)
     }
 
     async fn append<I>(

@@ -195,7 +195,7 @@ impl RaftNode {
     pub async fn shutdown(&self) -> Result<(), LogError> {
         self.stop.cancel();
         let _ = self.raft.shutdown().await;
-        self.log.wal().close()?;
+        self.log.close()?;
         self.sm.data().close()
     }
 }

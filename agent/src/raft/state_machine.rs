@@ -270,15 +270,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let mut replies = Vec::new();
-        let mut applied = self.lock_applied().clone();
+        // Applied in place under the lock (no await below): a failure is
+        // fatal to openraft anyway, and cloning the producer table per
+        // entry batch would cost more than the append.
+        let mut guard = self.lock_applied();
+        let applied = &mut *guard;
         for entry in entries {
             let reply = match entry.payload {
                 EntryPayload::Blank => Response::Empty,
-                EntryPayload::Normal(req) => {
-                    self.apply_request(&mut applied, req).map_err(|e| {
-                        io_error(ErrorSubject::Apply(entry.log_id), ErrorVerb::Write, e)
-                    })?
-                }
+                EntryPayload::Normal(req) => self.apply_request(applied, req).map_err(|e| {
+                    io_error(ErrorSubject::Apply(entry.log_id), ErrorVerb::Write, e)
+                })?,
                 EntryPayload::Membership(m) => {
                     applied.membership = StoredMembership::new(Some(entry.log_id), m);
                     Response::Empty
@@ -287,7 +289,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             applied.last_applied = Some(entry.log_id);
             replies.push(reply);
         }
-        *self.lock_applied() = applied;
         Ok(replies)
     }
 

@@ -217,10 +217,13 @@ async fn the_log_store_keeps_its_vote_entries_and_purge_point_across_reopen() {
     store.blocking_append(entries.clone()).await.unwrap();
     store.purge(log_id(1, 9)).await.unwrap();
     store.truncate(log_id(1, 30)).await.unwrap();
+    store.save_committed(Some(log_id(1, 25))).await.unwrap();
+    store.close().unwrap();
     drop(store);
 
     let mut store = LogStore::open(dir.path(), small()).unwrap();
     assert_eq!(store.read_vote().await.unwrap(), Some(vote));
+    assert_eq!(store.read_committed().await.unwrap(), Some(log_id(1, 25)));
     let state = store.get_log_state().await.unwrap();
     assert_eq!(state.last_purged_log_id, Some(log_id(1, 9)));
     assert_eq!(state.last_log_id, Some(log_id(1, 29)));
