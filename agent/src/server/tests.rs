@@ -522,6 +522,31 @@ async fn retention_drops_old_records_and_reads_below_get_out_of_range() {
     }
 }
 
+#[tokio::test]
+async fn snapshots_are_taken_at_the_threshold_and_restarts_keep_every_record() {
+    let node = Node::start(|c| {
+        c.snapshot_threshold = 20;
+        c.segment_max_store_bytes = 1024;
+    })
+    .await;
+    let mut c = node.client("root").await;
+    for i in 0..100u32 {
+        assert_eq!(c.produce(format!("r{i}")).await.unwrap(), u64::from(i));
+    }
+    let meta = node.config.data_dir.join("sm/snapshots/current/meta.json");
+    eventually("a snapshot", async || meta.exists()).await;
+    let node = node.restart().await;
+    let mut c = node.client("root").await;
+    eventually("the restarted node to serve offset 99", async || {
+        c.consume(99).await.is_ok()
+    })
+    .await;
+    for i in 0..100u64 {
+        assert_eq!(c.consume(i).await.unwrap(), format!("r{i}").as_bytes());
+    }
+    assert_eq!(c.produce("next").await.unwrap(), 100);
+}
+
 /// Opens a ProduceStream sending one request per value.
 async fn produce_stream(
     c: &mut Client,
