@@ -1,4 +1,4 @@
-//! [`Agent`]: wires the log, the gRPC service, the transports and hot
+//! [`Agent`]: wires the Raft node, the gRPC service, the transports and hot
 //! reload; starts them in order and shuts them down in reverse.
 
 use std::fs::File;

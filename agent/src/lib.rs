@@ -1,6 +1,7 @@
-//! proglog agent library: the WAL, the gRPC service with its security and
-//! transports, configuration, and the agent that wires them. Raft and gossip
-//! build on these (see DESIGN.md).
+//! proglog agent library: the WAL, Raft storage and the one-node Raft, the
+//! gRPC service with its security and transports, configuration, and the
+//! agent that wires them. Gossip and the cluster build on these (see
+//! DESIGN.md).
 
 pub mod agent;
 pub mod bench;
