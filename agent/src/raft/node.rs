@@ -196,7 +196,7 @@ impl RaftNode {
         self.stop.cancel();
         let _ = self.raft.shutdown().await;
         self.log.close()?;
-        self.sm.data().close()
+        self.sm.close().await
     }
 }
 

@@ -35,8 +35,9 @@ struct Shared {
     data: RwLock<Arc<Log>>,
     applied: Mutex<Applied>,
     snapshots: SnapshotDir,
-    /// Serializes snapshot builds and installs.
-    snapshotting: tokio::sync::Mutex<()>,
+    /// Serializes snapshot builds and installs; `true` once closed, after
+    /// which they fail instead of touching the directory.
+    snapshotting: tokio::sync::Mutex<bool>,
 }
 
 /// openraft's state machine over the data log. Clones share it.
@@ -104,9 +105,17 @@ impl StateMachine {
                 data: RwLock::new(Arc::new(data)),
                 applied: Mutex::new(applied),
                 snapshots,
-                snapshotting: tokio::sync::Mutex::new(()),
+                snapshotting: tokio::sync::Mutex::new(false),
             }),
         })
+    }
+
+    /// Waits for a snapshot build or install in flight, refuses later ones,
+    /// and closes the data log. openraft may still run a build after its
+    /// core stopped; this keeps it from racing the next owner of the dir.
+    pub async fn close(&self) -> Result<(), LogError> {
+        *self.shared.snapshotting.lock().await = true;
+        self.data().close()
     }
 
     /// The data log (reads, and waiting for new records).
@@ -117,6 +126,15 @@ impl StateMachine {
     /// Lowest offset readable (retention may sit inside a segment).
     pub fn lowest_offset(&self) -> u64 {
         self.lock_applied().state.lowest
+    }
+
+    /// The snapshot lock, unless the state machine is closed.
+    async fn snapshot_lock(&self) -> Result<tokio::sync::MutexGuard<'_, bool>, StorageError> {
+        let guard = self.shared.snapshotting.lock().await;
+        if *guard {
+            return Err(snapshot_error(LogError::Closed));
+        }
+        Ok(guard)
     }
 
     fn lock_applied(&self) -> std::sync::MutexGuard<'_, Applied> {
@@ -182,7 +200,7 @@ impl StateMachine {
     /// Builds a snapshot of everything applied: syncs the data log, links
     /// its files, records the state.
     async fn build(&self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let _guard = self.shared.snapshotting.lock().await;
+        let _guard = self.snapshot_lock().await?;
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let applied = this.lock_applied();
@@ -316,7 +334,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta<u64, BasicNode>,
         snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        let _guard = self.shared.snapshotting.lock().await;
+        let _guard = self.snapshot_lock().await?;
         let mut received = snapshot;
         tokio::io::AsyncWriteExt::flush(&mut *received)
             .await
@@ -330,7 +348,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let _guard = self.shared.snapshotting.lock().await;
+        let _guard = self.snapshot_lock().await?;
         let this = self.clone();
         tokio::task::spawn_blocking(move || match this.shared.snapshots.load_current() {
             Ok(Some(file)) => this.open_current(file.meta).map(Some),
