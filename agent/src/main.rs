@@ -109,7 +109,7 @@ fn main() -> ExitCode {
         Command::Bench { target } => match target {
             BenchTarget::Wal(args) => {
                 init_tracing("warn", LogFormat::Text);
-                let result = bench::wal::run(&args).map(|r| r.print(args.json));
+                let result = bench::wal::run(&args).map(|r| r.print(args.load.json));
                 report("bench wal", result.map_err(Into::into))
             }
             BenchTarget::Produce(args) => bench_grpc(bench::grpc::Op::Produce, args),
@@ -129,7 +129,7 @@ fn main() -> ExitCode {
 
 fn bench_grpc(op: bench::grpc::Op, args: bench::grpc::GrpcArgs) -> ExitCode {
     client(|| async move {
-        bench::grpc::run(op, &args).await?.print(args.json);
+        bench::grpc::run(op, &args).await?.print(args.load.json);
         Ok(())
     })
 }

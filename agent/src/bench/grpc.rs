@@ -2,14 +2,13 @@
 //! running agent over gRPC, `--in-flight` calls at a time.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use proglog_client::{Client, Error};
 use tokio_stream::StreamExt;
 
-use super::{histogram, Report};
+use super::{histogram, LoadArgs, Report};
 use crate::cli::ConnectArgs;
-use crate::units::parse_duration;
 
 /// What to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -29,27 +28,18 @@ pub struct GrpcArgs {
     #[command(flatten)]
     /// How to reach the agent.
     pub conn: ConnectArgs,
+    /// Record size, run time, batching (ProduceBatch), output.
+    #[command(flatten)]
+    pub load: LoadArgs,
     /// Concurrent calls (each its own task; connections are shared).
     #[arg(long, default_value_t = 1)]
     pub in_flight: usize,
     /// Connections to spread the calls over.
     #[arg(long, default_value_t = 1)]
     pub connections: usize,
-    /// Payload bytes per record.
-    #[arg(long, default_value_t = 100)]
-    pub size: usize,
-    /// How long to run.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub duration: Duration,
-    /// Records per ProduceBatch call (1 = Produce).
-    #[arg(long, default_value_t = 1)]
-    pub batch: usize,
     /// Records to produce first when the log holds fewer (consume, stream).
     #[arg(long, default_value_t = 100_000)]
     pub preload: u64,
-    /// Print one JSON object.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// Runs `op` and returns its report.
@@ -63,13 +53,13 @@ pub async fn run(op: Op, args: &GrpcArgs) -> Result<Report, Error> {
     } else {
         preload(&mut clients[0], args).await?
     };
-    let deadline = Instant::now() + args.duration;
+    let deadline = Instant::now() + args.load.duration;
     let start = Instant::now();
-    let payload = Arc::new(vec![b'x'; args.size]);
+    let payload = Arc::new(vec![b'x'; args.load.size]);
     let mut tasks = tokio::task::JoinSet::new();
     for slot in 0..args.in_flight.max(1) {
         let mut client = clients[slot % clients.len()].clone();
-        let (payload, batch) = (Arc::clone(&payload), args.batch.max(1));
+        let (payload, batch) = (Arc::clone(&payload), args.load.batch.max(1));
         let stride = args.in_flight.max(1) as u64;
         tasks.spawn(async move {
             let mut latency = histogram();
@@ -123,7 +113,7 @@ pub async fn run(op: Op, args: &GrpcArgs) -> Result<Report, Error> {
     }
     let params = serde_json::json!({
         "op": op, "in_flight": args.in_flight, "connections": args.connections,
-        "size": args.size, "batch": args.batch, "addr": args.conn.addr,
+        "size": args.load.size, "batch": args.load.batch, "addr": args.conn.addr,
         "tls": args.conn.tls_ca_file.is_some(),
     });
     let name = format!(
@@ -137,7 +127,7 @@ pub async fn run(op: Op, args: &GrpcArgs) -> Result<Report, Error> {
         &name,
         params,
         records,
-        records * args.size as u64,
+        records * args.load.size as u64,
         start.elapsed(),
         &latency,
     ))
@@ -149,7 +139,9 @@ async fn preload(client: &mut Client, args: &GrpcArgs) -> Result<u64, Error> {
     let mut have = count_from_zero(client).await?;
     while have < args.preload {
         let n = (args.preload - have).min(1000) as usize;
-        client.produce_batch(vec![vec![b'p'; args.size]; n]).await?;
+        client
+            .produce_batch(vec![vec![b'p'; args.load.size]; n])
+            .await?;
         have += n as u64;
     }
     Ok(have.max(1))

@@ -10,6 +10,23 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+/// Flags every load generator shares.
+#[derive(Debug, clap::Args)]
+pub struct LoadArgs {
+    /// Payload bytes per record.
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// How long to run.
+    #[arg(long, default_value = "10s", value_parser = crate::units::parse_duration)]
+    pub duration: Duration,
+    /// Records per call (append_batch, ProduceBatch); 1 = one record per call.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// What every benchmark prints: throughput and call latency.
 #[derive(Debug, Serialize)]
 pub struct Report {

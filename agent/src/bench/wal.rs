@@ -6,25 +6,19 @@ use std::time::{Duration, Instant};
 
 use crate::config::SyncMode;
 use crate::log::{Log, LogConfig};
-use crate::units::{parse_bytes, parse_duration};
+use crate::units::parse_bytes;
 
-use super::{histogram, Report};
+use super::{histogram, LoadArgs, Report};
 
 /// Flags of `proglog bench wal`.
 #[derive(Debug, clap::Args)]
 pub struct WalArgs {
+    /// Record size, run time, batching, output.
+    #[command(flatten)]
+    pub load: LoadArgs,
     /// Concurrent appending threads.
     #[arg(long, default_value_t = 1)]
     pub writers: usize,
-    /// Payload bytes per record.
-    #[arg(long, default_value_t = 100)]
-    pub size: usize,
-    /// How long to append.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub duration: Duration,
-    /// Records per `append_batch` call (1 = `append`).
-    #[arg(long, default_value_t = 1)]
-    pub batch: usize,
     /// When appends are synced.
     #[arg(long, value_enum, default_value = "always")]
     pub sync: SyncMode,
@@ -50,9 +44,6 @@ pub struct WalArgs {
     /// Keep the log directory afterwards.
     #[arg(long)]
     pub keep: bool,
-    /// Print one JSON object instead of a table.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// Runs the benchmark and returns its report.
@@ -70,13 +61,13 @@ pub fn run(args: &WalArgs) -> Result<Report, crate::log::LogError> {
         ..LogConfig::default()
     };
     let log = Arc::new(Log::open(&dir, config.clone())?);
-    let batch = args.batch.max(1);
-    let deadline = Instant::now() + args.duration;
+    let batch = args.load.batch.max(1);
+    let deadline = Instant::now() + args.load.duration;
     let start = Instant::now();
     let workers: Vec<_> = (0..args.writers.max(1))
         .map(|w| {
             let log = Arc::clone(&log);
-            let payload = vec![b'a' + (w % 26) as u8; args.size];
+            let payload = vec![b'a' + (w % 26) as u8; args.load.size];
             std::thread::spawn(move || {
                 let records: Vec<&[u8]> = vec![&payload; batch];
                 let mut latency = histogram();
@@ -104,14 +95,14 @@ pub fn run(args: &WalArgs) -> Result<Report, crate::log::LogError> {
     }
     let elapsed = start.elapsed();
     let params = serde_json::json!({
-        "writers": args.writers, "size": args.size, "batch": batch,
+        "writers": args.writers, "size": args.load.size, "batch": batch,
         "sync": args.sync, "prealloc_bytes": args.prealloc_bytes,
     });
     let mut report = Report::new(
         "wal",
         params,
         records,
-        records * args.size as u64,
+        records * args.load.size as u64,
         elapsed,
         &latency,
     );
