@@ -73,11 +73,6 @@ impl LogStore {
         })
     }
 
-    /// The underlying WAL (for metrics and shutdown).
-    pub fn wal(&self) -> &Arc<Log> {
-        &self.log
-    }
-
     /// Writes the metadata (with the latest committed id) and closes the
     /// log.
     pub fn close(&self) -> Result<(), LogError> {

@@ -186,11 +186,6 @@ impl RaftNode {
         Ok(true)
     }
 
-    /// This node's Raft id.
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
     /// Stops Raft and closes both logs.
     pub async fn shutdown(&self) -> Result<(), LogError> {
         self.stop.cancel();

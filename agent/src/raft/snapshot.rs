@@ -80,6 +80,12 @@ impl SnapshotDir {
         self.root.join("current")
     }
 
+    /// The current snapshot's `meta.json` (a stand-in for its data where
+    /// the data is not read; see `StateMachine::build`).
+    pub fn current_meta_path(&self) -> PathBuf {
+        self.current().join(META)
+    }
+
     /// The current snapshot's metadata, if there is one.
     pub fn load_current(&self) -> io::Result<Option<SnapshotFile>> {
         match fs::read(self.current().join(META)) {
@@ -111,9 +117,14 @@ impl SnapshotDir {
     }
 
     /// Packs the current snapshot into one file for transfer.
+    /// Packs once per snapshot: the file is reused until a new snapshot
+    /// becomes current (which removes it).
     pub fn pack(&self) -> io::Result<PathBuf> {
         let current = self.current();
         let out = self.root.join("packed");
+        if out.exists() {
+            return Ok(out);
+        }
         let tmp = self.root.join("packed.tmp");
         let mut w = BufWriter::new(File::create(&tmp)?);
         let mut names: Vec<_> = fs::read_dir(&current)?

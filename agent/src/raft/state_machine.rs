@@ -223,7 +223,17 @@ impl StateMachine {
                 .create(data.dir(), &file)
                 .map_err(snapshot_error)?;
             drop(applied);
-            this.open_current(file.meta)
+            // openraft 0.9 keeps only the metadata of a built snapshot
+            // (core/sm/worker.rs); what it sends to a follower comes from
+            // `get_current_snapshot`, which packs on demand. Packing here
+            // would copy the whole data log at every snapshot for nothing,
+            // so the data handed back is the snapshot's meta.json.
+            let meta_file = std::fs::File::open(this.shared.snapshots.current_meta_path())
+                .map_err(snapshot_error)?;
+            Ok(Snapshot {
+                meta: file.meta,
+                snapshot: Box::new(tokio::fs::File::from_std(meta_file)),
+            })
         })
         .await
         .map_err(|e| snapshot_error(std::io::Error::other(e)))?

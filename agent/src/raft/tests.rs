@@ -145,12 +145,14 @@ async fn an_installed_snapshot_carries_records_and_the_next_offset() {
         .apply(vec![entry(0, membership()), entry(1, append(&refs, None))])
         .await
         .unwrap();
-    let snap = leader
+    leader
         .get_snapshot_builder()
         .await
         .build_snapshot()
         .await
         .unwrap();
+    // As openraft does when it sends a snapshot: the current one, packed.
+    let snap = leader.get_current_snapshot().await.unwrap().unwrap();
 
     let follower_dir = tempfile::tempdir().unwrap();
     let mut follower = StateMachine::open(follower_dir.path(), small()).unwrap();
