@@ -303,6 +303,12 @@ impl Log {
         inner.segments[i - 1].read(offset)
     }
 
+    /// Whether a write or sync failed: the log then refuses writes and
+    /// makes nothing more visible until it is reopened and recovered.
+    pub fn is_failed(&self) -> bool {
+        self.shared.failed.load(Ordering::Acquire)
+    }
+
     /// Group-commit counters since open.
     pub fn sync_stats(&self) -> SyncStats {
         self.shared.lock_sync().stats
