@@ -14,7 +14,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use memmap2::MmapMut;
@@ -201,6 +201,8 @@ impl MappedFile for RealMap {
 #[derive(Debug, Clone, Default)]
 pub struct SimFs {
     state: Arc<Mutex<SimState>>,
+    /// Wakes fdatasync calls held by [`SimFs::hold_syncs`].
+    released: Arc<Condvar>,
 }
 
 /// Faults a [`SimFs`] injects until switched off.
@@ -230,6 +232,10 @@ struct SimState {
     faults: Faults,
     /// Counters, for tests that want to see the seam used.
     syncs: u64,
+    /// fdatasync calls wait while set (to catch a sync round in flight).
+    held: bool,
+    /// fdatasync calls waiting on `held`.
+    waiting: u64,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -309,6 +315,18 @@ impl SimFs {
     /// Sets the faults injected from now on.
     pub fn set_faults(&self, faults: Faults) {
         self.lock().faults = faults;
+    }
+
+    /// Makes fdatasync calls (not fsync) wait until released: a test can
+    /// then act while a sync round is in flight.
+    pub fn hold_syncs(&self, held: bool) {
+        self.lock().held = held;
+        self.released.notify_all();
+    }
+
+    /// fdatasync calls now waiting on [`SimFs::hold_syncs`].
+    pub fn held_syncs(&self) -> u64 {
+        self.lock().waiting
     }
 
     /// Successful and failed sync calls so far.
@@ -540,6 +558,20 @@ impl SimHandle {
         self.fs.lock().syncs += 1;
         result
     }
+
+    /// fdatasync: waits while syncs are held, then syncs.
+    fn sync_data_held(&self) -> io::Result<()> {
+        let mut st = self.fs.lock();
+        if st.held {
+            st.waiting += 1;
+            while st.held {
+                st = self.fs.released.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
+            st.waiting -= 1;
+        }
+        drop(st);
+        self.sync()
+    }
 }
 
 impl FileHandle for SimHandle {
@@ -578,7 +610,7 @@ impl FileHandle for SimHandle {
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        self.sync()
+        self.sync_data_held()
     }
 
     fn sync_all(&self) -> io::Result<()> {

@@ -135,6 +135,8 @@ pub struct SyncStats {
     pub syncs: u64,
     /// Time spent in those calls, in microseconds.
     pub sync_micros: u64,
+    /// Threads blocked right now waiting for a sync round to cover them.
+    pub waiting: u64,
 }
 
 impl Log {
@@ -673,7 +675,7 @@ impl Shared {
     /// again (with no syncer thread, nobody else would run the next one).
     fn step_toward_sync<'a>(
         &'a self,
-        st: MutexGuard<'a, SyncState>,
+        mut st: MutexGuard<'a, SyncState>,
         target: u64,
     ) -> MutexGuard<'a, SyncState> {
         let always = self.config.sync == SyncPolicy::Always && !st.stop;
@@ -688,9 +690,12 @@ impl Shared {
             }
             st.rounds + 1
         };
-        self.round_done[(covering % 2) as usize]
+        st.stats.waiting += 1;
+        let mut st = self.round_done[(covering % 2) as usize]
             .wait(st)
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(|e| e.into_inner());
+        st.stats.waiting -= 1;
+        st
     }
 
     /// Backpressure: waits while more than `max_unsynced_bytes` are
