@@ -2,10 +2,13 @@
 //!
 //! Layers, bottom up (as in the book): [`store`] frames records in an
 //! append-only file, [`index`] maps relative offsets to store positions in a
-//! memory-mapped file, [`segment`] pairs the two, and [`Log`] orders
-//! segments, assigns dense offsets, group-commits syncs and recovers after a
-//! crash. This module does blocking file I/O and knows nothing of Raft or
-//! gRPC; async callers use `spawn_blocking`.
+//! memory-mapped file, [`segment`] pairs the two and recovers them, a
+//! segment set keeps them ordered and never empty, the syncer
+//! group-commits syncs and keeps the watermarks, and [`Log`] joins them.
+//! Every file operation goes through [`fs::FileSystem`], so tests can run
+//! the log on a simulated disk that loses unsynced writes at a "power cut"
+//! and fails on demand. This module does blocking file I/O and knows
+//! nothing of Raft or gRPC; async callers use `spawn_blocking`.
 
 mod error;
 pub mod fs;
