@@ -163,7 +163,8 @@ fn invalid(key: &str, value: impl std::fmt::Display, reason: &str) -> ConfigErro
 impl Config {
     /// Merges defaults, the TOML file (flag `--config-file` or env
     /// `PROGLOG_CONFIG_FILE`), `PROGLOG_*` variables and the flags, then
-    /// validates the result.
+    /// validates the result. An unknown key in the file is an error; an
+    /// unknown `PROGLOG_*` variable is ignored (see [`ignored_env_vars`]).
     pub fn load(flags: &AgentFlags) -> Result<Config, ConfigError> {
         let file = flags
             .config_file
@@ -176,8 +177,12 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(file));
         }
+        // Only variables that name a key: scripts and the CLI have
+        // `PROGLOG_*` variables of their own (see [`ignored_env_vars`]).
+        let keys = keys();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         let figment = figment
-            .merge(Env::prefixed("PROGLOG_").ignore(&["config_file"]))
+            .merge(Env::prefixed(ENV_PREFIX).only(&keys))
             .merge(Serialized::defaults(flags));
         let config: Config = figment
             .extract()
@@ -321,6 +326,33 @@ impl Config {
             ..LogConfig::default()
         }
     }
+}
+
+/// Prefix of the environment variables that set config keys.
+const ENV_PREFIX: &str = "PROGLOG_";
+
+/// The config keys, snake_case, as the TOML file and `PROGLOG_*` name them.
+fn keys() -> Vec<String> {
+    match serde_json::to_value(Config::default()) {
+        Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `PROGLOG_*` environment variables that name no config key (such as a
+/// wrapper's `PROGLOG_BIN`): [`Config::load`] ignores them rather than
+/// failing, and the agent warns about each at start, since a misspelt key
+/// would otherwise go unnoticed. `PROGLOG_CONFIG_FILE` is known.
+pub fn ignored_env_vars() -> Vec<String> {
+    let keys = keys();
+    let mut ignored: Vec<String> = Env::prefixed(ENV_PREFIX)
+        .iter()
+        .map(|(key, _)| key.as_str().to_string())
+        .filter(|key| key != "config_file" && !keys.iter().any(|k| k == key))
+        .map(|key| format!("{ENV_PREFIX}{}", key.to_ascii_uppercase()))
+        .collect();
+    ignored.sort();
+    ignored
 }
 
 /// Turns a figment error into one line naming the key, the value and where

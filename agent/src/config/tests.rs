@@ -54,6 +54,30 @@ fn an_unknown_key_is_named() {
 }
 
 #[test]
+fn unknown_env_variables_are_ignored_and_reported_but_unknown_file_keys_fail() {
+    Jail::expect_with(|jail| {
+        jail.set_env("PROGLOG_BIN", "/usr/local/bin/proglog");
+        jail.set_env("PROGLOG_ADDR", "127.0.0.1:8400");
+        jail.set_env("PROGLOG_RPC_PORT", "2222");
+        let config = Config::load(&dev_flags()).map_err(|e| e.to_string())?;
+        assert_eq!(config.rpc_port, 2222, "known variables still apply");
+        assert_eq!(
+            super::ignored_env_vars(),
+            vec!["PROGLOG_ADDR".to_string(), "PROGLOG_BIN".to_string()]
+        );
+
+        jail.create_file("proglog.toml", "dev = true\nbin = \"x\"\n")?;
+        let flags = AgentFlags {
+            config_file: Some("proglog.toml".into()),
+            ..AgentFlags::default()
+        };
+        let err = Config::load(&flags).unwrap_err().to_string();
+        assert!(err.contains("bin"), "{err}");
+        Ok(())
+    });
+}
+
+#[test]
 fn a_bad_value_names_key_and_value() {
     Jail::expect_with(|jail| {
         jail.set_env("PROGLOG_RPC_PORT", "seventy");
