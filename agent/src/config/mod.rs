@@ -107,6 +107,15 @@ pub struct Config {
     pub segment_max_index_bytes: u64,
     /// Raft entries applied since the last snapshot that trigger a new one.
     pub snapshot_threshold: u64,
+    /// Record bytes applied since the last snapshot that trigger a new one
+    /// (0: only `snapshot_threshold` counts).
+    pub snapshot_threshold_bytes: u64,
+    /// How long a produce may wait (queue and commit) before UNAVAILABLE,
+    /// e.g. "5s".
+    pub produce_timeout: String,
+    /// Idempotent producers remembered, least recently used out. The
+    /// leader replicates its value, so every node keeps the same ones.
+    pub max_producers: u64,
     /// Keep at most this many bytes of records (0: no limit); the leader
     /// drops the oldest whole segments on every node.
     pub retention_bytes: u64,
@@ -145,6 +154,9 @@ impl Default for Config {
             segment_max_store_bytes: log.max_store_bytes,
             segment_max_index_bytes: log.max_index_bytes,
             snapshot_threshold: 100_000,
+            snapshot_threshold_bytes: 512 << 20,
+            produce_timeout: "5s".into(),
+            max_producers: crate::raft::producers::DEFAULT_MAX_PRODUCERS,
             retention_bytes: 0,
             retention_age: "0s".into(),
         }
@@ -232,6 +244,10 @@ impl Config {
         if self.snapshot_threshold == 0 {
             return Err(invalid("snapshot_threshold", 0, "must be at least 1"));
         }
+        self.produce_timeout()?;
+        if self.max_producers == 0 {
+            return Err(invalid("max_producers", 0, "must be at least 1"));
+        }
         if self.sync == SyncMode::Interval && self.sync_interval_ms == 0 {
             return Err(invalid(
                 "sync_interval_ms",
@@ -288,6 +304,20 @@ impl Config {
         let age = crate::units::parse_duration(&self.retention_age)
             .map_err(|e| invalid("retention_age", &self.retention_age, &e))?;
         Ok((!age.is_zero()).then_some(age))
+    }
+
+    /// How long a produce may take before UNAVAILABLE (positive).
+    pub fn produce_timeout(&self) -> Result<Duration, ConfigError> {
+        let timeout = crate::units::parse_duration(&self.produce_timeout)
+            .map_err(|e| invalid("produce_timeout", &self.produce_timeout, &e))?;
+        if timeout.is_zero() {
+            return Err(invalid(
+                "produce_timeout",
+                &self.produce_timeout,
+                "must be positive",
+            ));
+        }
+        Ok(timeout)
     }
 
     /// The Unix socket's file mode.
