@@ -34,9 +34,10 @@ pub enum LogError {
         /// The largest size the format allows.
         max: u64,
     },
-    /// An earlier fsync failed. The kernel may have dropped the dirty pages,
-    /// so the log refuses writes until it is reopened and recovered.
-    #[error("an earlier fsync failed; the log refuses writes until it is reopened")]
+    /// An earlier write or fsync failed. The kernel may have dropped the
+    /// dirty pages, so the log refuses writes (and makes nothing more
+    /// visible) until it is reopened and recovered.
+    #[error("an earlier write or fsync failed; the log refuses writes until it is reopened")]
     SyncFailed,
     /// The log was closed.
     #[error("log is closed")]

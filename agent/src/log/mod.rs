@@ -8,8 +8,10 @@
 //! gRPC; async callers use `spawn_blocking`.
 
 mod error;
+pub mod fs;
 pub mod index;
 pub mod segment;
+mod segments;
 pub mod store;
 mod wal;
 
@@ -17,11 +19,13 @@ mod wal;
 mod tests;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use error::IoContext;
 pub use error::{LogError, Result};
-pub use wal::{Appended, Log, LogReader, SegmentInfo, SyncStats};
+pub use segments::LogReader;
+pub use wal::{Appended, Log, SegmentInfo, SyncStats};
 
 /// When appends are made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,8 +58,11 @@ pub struct LogConfig {
     /// one sync never has to flush an unbounded amount.
     pub max_unsynced_bytes: u64,
     /// How far ahead of the write position the store is pre-written with
-    /// zeros, so syncs don't also commit a file size change (0 disables).
+    /// zeros (by a background thread), so syncs don't also commit a file
+    /// size change (0 disables).
     pub prealloc_bytes: u64,
+    /// Where the files live: the real disk, or a simulated one in tests.
+    pub fs: Arc<dyn fs::FileSystem>,
 }
 
 impl LogConfig {
@@ -78,25 +85,25 @@ impl Default for LogConfig {
             sync: SyncPolicy::Always,
             max_unsynced_bytes: 16 << 20,
             prealloc_bytes: 4 << 20,
+            fs: Arc::new(fs::RealFs),
         }
     }
 }
 
-/// fsyncs a directory so that files created, removed or renamed in it are
-/// durable.
+/// fsyncs a directory of the real disk so that files created, removed or
+/// renamed in it are durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).at(dir)
+    fs::FileSystem::sync_dir(&fs::RealFs, dir).at(dir)
 }
 
 /// Opens an existing segment file for reading and writing; returns it with
 /// its length.
-pub(crate) fn open_existing(path: &Path) -> Result<(std::fs::File, u64)> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .at(path)?;
-    let len = file.metadata().at(path)?.len();
+pub(crate) fn open_existing(
+    fs: &dyn fs::FileSystem,
+    path: &Path,
+) -> Result<(Arc<dyn fs::FileHandle>, u64)> {
+    let file = fs.open(path).at(path)?;
+    let len = file.len().at(path)?;
     Ok((file, len))
 }
 

@@ -5,14 +5,15 @@
 //! write, so a full index never leaves an orphan store entry) and recovers
 //! itself on open. It knows nothing about other segments or syncing policy.
 
-use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tracing::{info, warn};
 
 use super::error::{IoContext, LogError, Result};
+use super::fs::{FileHandle, FileSystem};
 use super::index::Index;
-use super::store::{self, ScanEnd, Store};
+use super::store::{self, Prealloc, ScanEnd, Store};
 
 /// Size limits of one segment.
 #[derive(Debug, Clone, Copy)]
@@ -26,6 +27,15 @@ pub struct SegmentLimits {
     pub prealloc_bytes: u64,
 }
 
+impl SegmentLimits {
+    fn prealloc(&self) -> Prealloc {
+        Prealloc {
+            chunk: self.prealloc_bytes,
+            max: self.max_store_bytes,
+        }
+    }
+}
+
 /// Path of the store file of the segment starting at `base`.
 pub fn store_path(dir: &Path, base: u64) -> PathBuf {
     dir.join(format!("{base:020}.store"))
@@ -36,53 +46,86 @@ pub fn index_path(dir: &Path, base: u64) -> PathBuf {
     dir.join(format!("{base:020}.index"))
 }
 
+/// What recovery may assume about a segment being opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Not the last segment: it was synced and sealed when the log rolled
+    /// past it, and must hold exactly the records up to `next` (the next
+    /// segment's base). Damage is reported, never repaired by cutting.
+    Sealed {
+        /// Base of the following segment.
+        next: u64,
+    },
+    /// The last segment, which takes appends. After an unclean close every
+    /// record is verified and the store is cut at the first bad one.
+    Active,
+}
+
 /// One store + index pair.
 #[derive(Debug)]
 pub struct Segment {
+    fs: Arc<dyn FileSystem>,
+    dir: PathBuf,
     base: u64,
     store: Store,
     index: Index,
     limits: SegmentLimits,
-    /// Whether open found a clean index (a sealed segment or a clean close).
-    opened_clean: bool,
 }
 
 impl Segment {
     /// Creates the files of an empty segment. The caller syncs the directory.
-    pub fn create(dir: &Path, base: u64, limits: SegmentLimits) -> Result<Segment> {
-        let store = Store::create(&store_path(dir, base))?;
-        let index = Index::create(&index_path(dir, base), limits.max_index_bytes)?;
+    pub fn create(
+        fs: &Arc<dyn FileSystem>,
+        dir: &Path,
+        base: u64,
+        limits: SegmentLimits,
+    ) -> Result<Segment> {
+        let mut store = Store::create(&**fs, &store_path(dir, base))?;
+        let index = Index::create(&**fs, &index_path(dir, base), limits.max_index_bytes)?;
+        store.prewrite_ahead(limits.prealloc());
         Ok(Segment {
+            fs: Arc::clone(fs),
+            dir: dir.to_path_buf(),
             base,
             store,
             index,
             limits,
-            opened_clean: true,
         })
     }
 
-    /// Opens a segment and recovers it: the index is checked against the
-    /// store (and rebuilt from it if they disagree), records the index
-    /// missed are added, and a torn or corrupt tail is cut off and logged.
-    /// After a clean close only the last entry is read.
-    pub fn open(dir: &Path, base: u64, limits: SegmentLimits) -> Result<Segment> {
+    /// Opens a segment and recovers it as its `role` allows. A clean seal
+    /// or close is trusted after checking the last record (fast); anything
+    /// else is verified record by record (CRC, length, offset chain) and
+    /// the index rebuilt from that scan. An active segment is cut at the
+    /// first bad record; a damaged sealed one is reported with its store
+    /// untouched.
+    pub fn open(
+        fs: &Arc<dyn FileSystem>,
+        dir: &Path,
+        base: u64,
+        limits: SegmentLimits,
+        role: Role,
+    ) -> Result<Segment> {
         let store_file = store_path(dir, base);
-        let store = match Store::open(&store_file) {
+        let store = match Store::open(&**fs, &store_file) {
             Ok(store) => store,
             // A crash while creating the segment leaves a store that never
             // held a record: start it again.
-            Err(LogError::Corrupt { .. }) if file_len(&store_file)? < store::HEADER_LEN + 1 => {
+            Err(LogError::Corrupt { .. })
+                if role == Role::Active
+                    && file_len(&**fs, &store_file)? < store::HEADER_LEN + 1 =>
+            {
                 warn!(segment = %store_file.display(), "store without a whole header, recreating it");
-                remove_if_exists(&store_file)?;
-                remove_if_exists(&index_path(dir, base))?;
-                let segment = Segment::create(dir, base, limits)?;
-                super::sync_dir(dir)?;
+                remove_if_exists(&**fs, &store_file)?;
+                remove_if_exists(&**fs, &index_path(dir, base))?;
+                let segment = Segment::create(fs, dir, base, limits)?;
+                fs.sync_dir(dir).at(dir)?;
                 return Ok(segment);
             }
             Err(e) => return Err(e),
         };
         let index_file = index_path(dir, base);
-        let index = match Index::open(&index_file) {
+        let index = match Index::open(&**fs, &index_file) {
             Ok(index) => Some(index),
             Err(e) => {
                 warn!(error = %e, "index unusable, rebuilding it from the store");
@@ -90,93 +133,138 @@ impl Segment {
             }
         };
         let mut segment = Segment {
+            fs: Arc::clone(fs),
+            dir: dir.to_path_buf(),
             base,
             store,
             index: match index {
                 Some(index) => index,
                 None => {
-                    remove_if_exists(&index_file)?;
-                    let index = Index::create(&index_file, limits.max_index_bytes)?;
-                    super::sync_dir(dir)?;
+                    if let Role::Sealed { next } = role {
+                        // Check before writing anything.
+                        Segment::scan_sealed(&Store::open(&**fs, &store_file)?, base, next)?;
+                    }
+                    remove_if_exists(&**fs, &index_file)?;
+                    let index = Index::create(&**fs, &index_file, limits.max_index_bytes)?;
+                    fs.sync_dir(dir).at(dir)?;
                     index
                 }
             },
             limits,
-            opened_clean: false,
         };
-        segment.opened_clean = segment.recover()?;
+        match role {
+            Role::Sealed { next } => segment.recover_sealed(next)?,
+            Role::Active => segment.recover_active()?,
+        }
         Ok(segment)
     }
 
-    /// Returns whether the segment was cleanly closed and needed no repair.
-    fn recover(&mut self) -> Result<bool> {
-        let (mut count, clean) = self.index.recover_count();
-        let mut end = store::HEADER_LEN;
-        if count > 0 {
-            let last = self.index.position(count - 1).expect("count > 0");
-            match self.store.verify(last, self.base + count - 1)? {
-                Some(e) => end = e,
-                None => {
-                    warn!(segment = %self.store.path().display(),
-                        "index disagrees with the store, rebuilding it");
-                    self.index.truncate(0);
-                    count = 0;
+    /// The end of the last record if the index was cleanly sealed or
+    /// closed and its last entry checks out against the store, which ends
+    /// right there.
+    fn clean_end(&mut self) -> Result<Option<u64>> {
+        let Some(count) = self.index.clean_count() else {
+            return Ok(None);
+        };
+        let end = match count.checked_sub(1) {
+            None => store::HEADER_LEN,
+            Some(last) => {
+                let pos = self.index.position(last).unwrap_or(u64::MAX);
+                match self.store.verify(pos, self.base + last)? {
+                    Some(end) => end,
+                    None => return Ok(None),
                 }
             }
+        };
+        Ok((end == self.store.allocated()).then_some(end))
+    }
+
+    /// Scans a sealed store: it must hold whole, valid records with offsets
+    /// `base..next` and nothing after them. Returns their positions and
+    /// end, or the error that names where it is damaged.
+    fn scan_sealed(store: &Store, base: u64, next: u64) -> Result<(Vec<u64>, u64)> {
+        let expected = next.checked_sub(base).ok_or(LogError::Corrupt {
+            segment: store.path().to_path_buf(),
+            position: 0,
+            reason: "segment starts after the next one",
+        })?;
+        let (found, end, how) = store.scan(store::HEADER_LEN, base)?;
+        if (found.len() as u64) < expected || how == ScanEnd::Torn {
+            return Err(LogError::Corrupt {
+                segment: store.path().to_path_buf(),
+                position: end,
+                reason: "sealed segment is damaged: records are missing or corrupt",
+            });
         }
-        let (found, valid_end, how) = self.store.scan(end, self.base + count)?;
-        let allocated = file_len(self.store.path())?;
+        if found.len() as u64 > expected {
+            return Err(LogError::Corrupt {
+                segment: store.path().to_path_buf(),
+                position: found[expected as usize],
+                reason: "sealed segment holds records past the next segment's base",
+            });
+        }
+        Ok((found, end))
+    }
+
+    fn recover_sealed(&mut self, next: u64) -> Result<()> {
+        if let Some(end) = self.clean_end()? {
+            if self.next_offset() == next {
+                self.store.set_size(end);
+                return Ok(());
+            }
+        }
+        let (found, end) = Segment::scan_sealed(&self.store, self.base, next)?;
+        warn!(segment = %self.store.path().display(), records = found.len(),
+            "sealed segment's index was not clean; rebuilt it from the store");
+        self.store.set_size(end);
+        self.set_index(&found)?;
+        self.index.mark_clean()
+    }
+
+    fn recover_active(&mut self) -> Result<()> {
+        if let Some(end) = self.clean_end()? {
+            self.store.set_size(end);
+            return Ok(());
+        }
+        let (found, valid_end, how) = self.store.scan(store::HEADER_LEN, self.base)?;
+        let allocated = self.store.allocated();
         if how == ScanEnd::Torn {
             warn!(segment = %self.store.path().display(), position = valid_end,
                 dropped_bytes = allocated - valid_end,
                 "torn or corrupt tail cut back to the last whole record");
-        } else if !found.is_empty() {
-            info!(segment = %self.store.path().display(), records = found.len(),
-                "recovered records missing from the index");
-        }
-        let repaired = !found.is_empty();
-        if found.len() as u64 > self.index.room() {
-            self.rebuild_index(count, &found)?;
         } else {
-            for pos in found {
-                self.index.push(pos);
-            }
+            info!(segment = %self.store.path().display(), records = found.len(),
+                "verified every record after an unclean close");
         }
-        self.index.clear_stale();
+        self.set_index(&found)?;
         self.store.set_size(valid_end);
         if allocated != valid_end {
             self.store.truncate(valid_end)?;
-        } else if !clean {
+        } else {
             // Records recovered from the page cache become durable before
             // anyone can read them.
             self.store.sync()?;
         }
-        Ok(clean && !repaired && how == ScanEnd::Clean && allocated == valid_end)
+        Ok(())
     }
 
-    /// Whether open found the segment cleanly sealed, needing no repair.
-    pub fn opened_clean(&self) -> bool {
-        self.opened_clean
-    }
-
-    /// Replaces the index with a larger one holding the first `kept`
-    /// entries of the current index followed by `more`.
-    fn rebuild_index(&mut self, kept: u64, more: &[u64]) -> Result<()> {
-        let path = index_path(self.store.path().parent().expect("in a dir"), self.base);
-        let needed = kept + more.len() as u64;
-        let positions: Vec<u64> = (0..kept)
-            .map(|rel| self.index.position(rel).expect("kept entries exist"))
-            .chain(more.iter().copied())
-            .collect();
-        let tmp = path.with_extension("index.tmp");
-        remove_if_exists(&tmp)?;
-        let size = super::index::HEADER_LEN + needed * super::index::ENTRY_LEN;
-        let mut index = Index::create(&tmp, size.max(self.limits.max_index_bytes))?;
-        for pos in positions {
-            index.push(pos);
+    /// Makes the index hold exactly `positions`, growing the index file if
+    /// they do not fit (an older, larger segment limit).
+    fn set_index(&mut self, positions: &[u64]) -> Result<()> {
+        let needed = positions.len() as u64;
+        if needed <= self.index.capacity() {
+            self.index.rebuild(positions);
+            return Ok(());
         }
-        fs::rename(&tmp, &path).at(&path)?;
-        super::sync_dir(self.store.path().parent().expect("in a dir"))?;
+        let path = index_path(&self.dir, self.base);
+        let tmp = path.with_extension("index.tmp");
+        remove_if_exists(&*self.fs, &tmp)?;
+        let size = super::index::HEADER_LEN + needed * super::index::ENTRY_LEN;
+        let mut index = Index::create(&*self.fs, &tmp, size.max(self.limits.max_index_bytes))?;
+        index.rebuild(positions);
+        index.mark_dirty()?;
+        self.fs.rename(&tmp, &path).at(&path)?;
+        self.fs.sync_dir(&self.dir).at(&self.dir)?;
         self.index = index;
         Ok(())
     }
@@ -234,13 +322,7 @@ impl Segment {
             rel_positions.push(buf.len() as u64);
             store::encode(buf, first + i as u64, r.as_ref());
         }
-        let prealloc_to = match self.limits.prealloc_bytes {
-            0 => 0,
-            chunk => {
-                (self.store.size() + buf.len() as u64 + chunk).min(self.limits.max_store_bytes)
-            }
-        };
-        let start = self.store.append(buf, prealloc_to)?;
+        let start = self.store.append(buf, self.limits.prealloc())?;
         for rel in rel_positions {
             self.index.push(start + rel);
         }
@@ -257,7 +339,7 @@ impl Segment {
     }
 
     /// A handle to the store file, to fdatasync outside the log's locks.
-    pub fn sync_handle(&self) -> std::sync::Arc<std::fs::File> {
+    pub fn sync_handle(&self) -> Arc<dyn FileHandle> {
         self.store.file()
     }
 
@@ -276,8 +358,9 @@ impl Segment {
     /// Drops every record after `offset` (which must be in this segment or
     /// just before it) and syncs the cut.
     pub fn truncate_after(&mut self, offset: u64) -> Result<()> {
-        let keep = (offset + 1)
-            .saturating_sub(self.base)
+        let keep = offset
+            .checked_add(1)
+            .map_or(u64::MAX, |next| next.saturating_sub(self.base))
             .min(self.index.count());
         let cut = self.index.position(keep).unwrap_or(self.store.size());
         self.index.truncate(keep);
@@ -289,21 +372,27 @@ impl Segment {
     /// that is rebuilt, never an index without a store). The caller syncs
     /// the directory.
     pub fn remove(self) -> Result<()> {
-        let dir = self.store.path().parent().expect("in a dir").to_path_buf();
-        drop(self.index);
-        remove_if_exists(&index_path(&dir, self.base))?;
-        let store = self.store.path().to_path_buf();
-        drop(self.store);
-        remove_if_exists(&store)
+        let Segment {
+            fs,
+            dir,
+            base,
+            store,
+            index,
+            ..
+        } = self;
+        drop(index);
+        remove_if_exists(&*fs, &index_path(&dir, base))?;
+        drop(store);
+        remove_if_exists(&*fs, &store_path(&dir, base))
     }
 }
 
-fn file_len(path: &Path) -> Result<u64> {
-    Ok(fs::metadata(path).at(path)?.len())
+fn file_len(fs: &dyn FileSystem, path: &Path) -> Result<u64> {
+    fs.open(path).and_then(|f| f.len()).at(path)
 }
 
-fn remove_if_exists(path: &Path) -> Result<()> {
-    match fs::remove_file(path) {
+fn remove_if_exists(fs: &dyn FileSystem, path: &Path) -> Result<()> {
+    match fs.remove(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).at(path),
         _ => Ok(()),
     }

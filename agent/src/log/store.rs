@@ -8,13 +8,12 @@
 //! fdatasync after an append does not also have to commit a new file size.
 //! The store knows nothing about indexes or segments.
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use super::error::{IoContext, LogError, Result};
+use super::fs::{FileHandle, FileSystem};
 
 const MAGIC: [u8; 8] = *b"PLOGSTOR";
 const VERSION: u32 = 1;
@@ -80,23 +79,20 @@ pub enum ScanEnd {
 #[derive(Debug)]
 pub struct Store {
     path: PathBuf,
-    file: Arc<File>,
+    file: Arc<dyn FileHandle>,
     /// End of the last whole record: the next append goes here.
     size: u64,
     /// Length of the file, including pre-written zeros past `size`.
     allocated: u64,
+    /// A background pre-write in flight: zeros from `.0` to `.1`.
+    prewrite: Option<(u64, u64, JoinHandle<std::io::Result<()>>)>,
 }
 
 impl Store {
     /// Creates a new store file with its header. The caller syncs the
     /// directory.
-    pub fn create(path: &Path) -> Result<Store> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .at(path)?;
+    pub fn create(fs: &dyn FileSystem, path: &Path) -> Result<Store> {
+        let file = fs.create(path).at(path)?;
         let mut header = [0u8; HEADER_LEN as usize];
         header[..8].copy_from_slice(&MAGIC);
         header[8..12].copy_from_slice(&VERSION.to_le_bytes());
@@ -104,16 +100,17 @@ impl Store {
         file.sync_all().at(path)?;
         Ok(Store {
             path: path.to_path_buf(),
-            file: Arc::new(file),
+            file,
             size: HEADER_LEN,
             allocated: HEADER_LEN,
+            prewrite: None,
         })
     }
 
     /// Opens an existing store and checks its header. The logical size
     /// starts at the header; recovery sets it with [`Store::set_size`].
-    pub fn open(path: &Path) -> Result<Store> {
-        let (file, allocated) = super::open_existing(path)?;
+    pub fn open(fs: &dyn FileSystem, path: &Path) -> Result<Store> {
+        let (file, allocated) = super::open_existing(fs, path)?;
         let corrupt = |reason| super::bad_header(path, reason);
         if allocated < HEADER_LEN {
             return Err(corrupt("file shorter than its header"));
@@ -128,9 +125,10 @@ impl Store {
         }
         Ok(Store {
             path: path.to_path_buf(),
-            file: Arc::new(file),
+            file,
             size: HEADER_LEN,
             allocated,
+            prewrite: None,
         })
     }
 
@@ -145,7 +143,7 @@ impl Store {
     }
 
     /// A handle for syncing outside the log's locks.
-    pub fn file(&self) -> Arc<File> {
+    pub fn file(&self) -> Arc<dyn FileHandle> {
         Arc::clone(&self.file)
     }
 
@@ -155,58 +153,109 @@ impl Store {
     }
 
     /// Writes already-framed entries at the end; returns their position.
-    /// Not durable until [`Store::sync`]. When `prealloc` is non-zero and
-    /// the write would grow the file, zeros are written first up to
-    /// `prealloc_to` so that later syncs do not change the file size.
-    pub fn append(&mut self, framed: &[u8], prealloc_to: u64) -> Result<u64> {
+    /// Not durable until [`Store::sync`]. With `ahead.chunk` non-zero, the
+    /// file is kept pre-written with zeros at least a chunk past the write
+    /// position, by a background thread, so that syncs after an append do
+    /// not also commit a file size change and the append path does not
+    /// write the zeros itself.
+    pub fn append(&mut self, framed: &[u8], ahead: Prealloc) -> Result<u64> {
         let pos = self.size;
-        let end = pos + framed.len() as u64;
-        if end > self.allocated && prealloc_to > end {
-            self.prewrite(prealloc_to)?;
+        let end = pos
+            .checked_add(framed.len() as u64)
+            .ok_or_else(|| self.corrupt(pos, "store position overflows"))?;
+        // Zeros being written where this append lands would clobber it.
+        if self
+            .prewrite
+            .as_ref()
+            .is_some_and(|(from, _, job)| job.is_finished() || end > *from)
+        {
+            self.finish_prewrite()?;
         }
         self.file.write_all_at(framed, pos).at(&self.path)?;
         self.size = end;
         self.allocated = self.allocated.max(end);
+        self.prewrite_ahead(ahead);
         Ok(pos)
     }
 
-    /// Extends the file with zeros up to `to`.
-    fn prewrite(&mut self, to: u64) -> Result<()> {
-        let mut at = self.allocated;
-        while at < to {
-            let n = ZEROS.len().min((to - at) as usize);
-            self.file.write_all_at(&ZEROS[..n], at).at(&self.path)?;
-            at += n as u64;
+    /// Starts pre-writing the next chunk of zeros in the background when
+    /// less than a chunk is left ahead of the write position.
+    pub fn prewrite_ahead(&mut self, ahead: Prealloc) {
+        if ahead.chunk == 0 || self.prewrite.is_some() {
+            return;
         }
-        self.allocated = to;
-        Ok(())
+        let from = self.allocated;
+        if from.saturating_sub(self.size) >= ahead.chunk || from >= ahead.max {
+            return;
+        }
+        let to = from.saturating_add(ahead.chunk).min(ahead.max);
+        let file = Arc::clone(&self.file);
+        let job = std::thread::Builder::new()
+            .name("proglog-prewrite".into())
+            .spawn(move || write_zeros(&*file, from, to));
+        match job {
+            Ok(job) => self.prewrite = Some((from, to, job)),
+            // No thread: do without pre-written space (syncs get slower).
+            Err(e) => tracing::warn!(error = %e, "cannot start a pre-write thread"),
+        }
+    }
+
+    /// Waits for the background pre-write, if any, and takes its result.
+    pub fn wait_prewrite(&mut self) -> Result<()> {
+        self.finish_prewrite()
+    }
+
+    fn finish_prewrite(&mut self) -> Result<()> {
+        let Some((_, to, job)) = self.prewrite.take() else {
+            return Ok(());
+        };
+        match job.join() {
+            Ok(Ok(())) => {
+                self.allocated = self.allocated.max(to);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e).at(&self.path),
+            Err(_) => Err(std::io::Error::other("the pre-write thread panicked")).at(&self.path),
+        }
+    }
+
+    fn corrupt(&self, position: u64, reason: &'static str) -> LogError {
+        LogError::Corrupt {
+            segment: self.path.clone(),
+            position,
+            reason,
+        }
+    }
+
+    /// Reads and parses the frame header at `pos`, if a whole one lies
+    /// before `limit`.
+    fn frame_at(&self, pos: u64, limit: u64) -> Result<Option<Frame>> {
+        match pos.checked_add(ENTRY_HEADER_LEN) {
+            Some(end) if end <= limit => {}
+            _ => return Ok(None),
+        }
+        let mut head = [0u8; ENTRY_HEADER_LEN as usize];
+        self.file.read_exact_at(&mut head, pos).at(&self.path)?;
+        Ok(Some(Frame::parse(&head)))
     }
 
     /// Reads the payload of the entry at `pos`, which must hold `offset`.
     pub fn read(&self, pos: u64, offset: u64) -> Result<Vec<u8>> {
-        let corrupt = |reason| LogError::Corrupt {
-            segment: self.path.clone(),
-            position: pos,
-            reason,
-        };
-        let mut head = [0u8; ENTRY_HEADER_LEN as usize];
-        if pos + ENTRY_HEADER_LEN > self.size {
-            return Err(corrupt("index points past the end of the store"));
-        }
-        self.file.read_exact_at(&mut head, pos).at(&self.path)?;
-        let frame = Frame::parse(&head);
+        let frame = self
+            .frame_at(pos, self.size)?
+            .ok_or_else(|| self.corrupt(pos, "index points past the end of the store"))?;
         if pos + framed_len(frame.len as usize) > self.size {
-            return Err(corrupt("entry runs past the end of the store"));
+            return Err(self.corrupt(pos, "entry runs past the end of the store"));
         }
         if frame.offset != offset {
-            return Err(corrupt("entry holds another offset than its index entry"));
+            return Err(self.corrupt(pos, "entry holds another offset than its index entry"));
         }
         let mut payload = vec![0u8; frame.len as usize];
         self.file
             .read_exact_at(&mut payload, pos + ENTRY_HEADER_LEN)
             .at(&self.path)?;
         if checksum(frame.len, frame.offset, &payload) != frame.crc {
-            return Err(corrupt("checksum mismatch"));
+            return Err(self.corrupt(pos, "checksum mismatch"));
         }
         Ok(payload)
     }
@@ -214,12 +263,9 @@ impl Store {
     /// Checks that a whole, valid entry for `offset` starts at `pos` and
     /// returns its end position, or `None`.
     pub fn verify(&self, pos: u64, offset: u64) -> Result<Option<u64>> {
-        if pos + ENTRY_HEADER_LEN > self.allocated {
+        let Some(frame) = self.frame_at(pos, self.allocated)? else {
             return Ok(None);
-        }
-        let mut head = [0u8; ENTRY_HEADER_LEN as usize];
-        self.file.read_exact_at(&mut head, pos).at(&self.path)?;
-        let frame = Frame::parse(&head);
+        };
         let end = pos + framed_len(frame.len as usize);
         if frame.offset != offset || end > self.allocated {
             return Ok(None);
@@ -233,25 +279,27 @@ impl Store {
 
     /// Reads entries forward from `pos`, expecting dense offsets from
     /// `offset`. Returns the positions of the whole, valid entries, the end
-    /// of the last one, and why the scan stopped.
+    /// of the last one, and why the scan stopped. Reads only.
     pub fn scan(&self, mut pos: u64, mut offset: u64) -> Result<(Vec<u64>, u64, ScanEnd)> {
-        let mut file = &*self.file;
-        file.seek(SeekFrom::Start(pos)).at(&self.path)?;
-        let mut reader = BufReader::with_capacity(1 << 20, file);
+        let mut reader = ChunkReader::new(&*self.file, self.allocated);
         let mut head = [0u8; ENTRY_HEADER_LEN as usize];
         let mut payload = Vec::new();
         let mut found = Vec::new();
         let how = loop {
             if pos + ENTRY_HEADER_LEN > self.allocated {
-                break if self.tail_is_zero(pos)? {
+                break if reader.all_zero(pos).at(&self.path)? {
                     ScanEnd::Clean
                 } else {
                     ScanEnd::Torn
                 };
             }
-            reader.read_exact(&mut head).at(&self.path)?;
+            reader.read(pos, &mut head).at(&self.path)?;
             if head == [0u8; ENTRY_HEADER_LEN as usize] {
-                break ScanEnd::Clean;
+                break if reader.all_zero(pos).at(&self.path)? {
+                    ScanEnd::Clean
+                } else {
+                    ScanEnd::Torn
+                };
             }
             let frame = Frame::parse(&head);
             let end = pos + framed_len(frame.len as usize);
@@ -259,7 +307,9 @@ impl Store {
                 break ScanEnd::Torn;
             }
             payload.resize(frame.len as usize, 0);
-            reader.read_exact(&mut payload).at(&self.path)?;
+            reader
+                .read(pos + ENTRY_HEADER_LEN, &mut payload)
+                .at(&self.path)?;
             if checksum(frame.len, frame.offset, &payload) != frame.crc {
                 break ScanEnd::Torn;
             }
@@ -270,17 +320,15 @@ impl Store {
         Ok((found, pos, how))
     }
 
-    /// Whether every byte from `pos` to the end of the file is zero (only
-    /// called for the few bytes shorter than a frame header).
-    fn tail_is_zero(&self, pos: u64) -> Result<bool> {
-        let mut rest = vec![0u8; (self.allocated - pos) as usize];
-        self.file.read_exact_at(&mut rest, pos).at(&self.path)?;
-        Ok(rest.iter().all(|&b| b == 0))
+    /// The file's length, including pre-written space.
+    pub fn allocated(&self) -> u64 {
+        self.allocated
     }
 
     /// Cuts the file at `pos` (everything after is gone, and reads back as
     /// zeros if the file grows again) and syncs it.
     pub fn truncate(&mut self, pos: u64) -> Result<()> {
+        self.finish_prewrite()?;
         self.file.set_len(pos).at(&self.path)?;
         self.file.sync_all().at(&self.path)?;
         self.size = pos;
@@ -291,6 +339,7 @@ impl Store {
     /// Drops pre-written space past the last record and syncs: what a
     /// sealed or cleanly closed store looks like.
     pub fn seal(&mut self) -> Result<()> {
+        self.finish_prewrite()?;
         if self.allocated != self.size {
             self.file.set_len(self.size).at(&self.path)?;
             self.allocated = self.size;
@@ -301,5 +350,93 @@ impl Store {
     /// fdatasyncs the file.
     pub fn sync(&self) -> Result<()> {
         self.file.sync_data().at(&self.path)
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Nothing may write to the file after its owner let go of it.
+        if let Some((_, _, job)) = self.prewrite.take() {
+            let _ = job.join();
+        }
+    }
+}
+
+/// How far ahead of the write position a store keeps zeros.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Prealloc {
+    /// Bytes kept ahead (0: none).
+    pub chunk: u64,
+    /// Never pre-write past this file size.
+    pub max: u64,
+}
+
+/// Writes zeros to `file` from `from` up to `to`.
+fn write_zeros(file: &dyn FileHandle, from: u64, to: u64) -> std::io::Result<()> {
+    let mut at = from;
+    while at < to {
+        let n = ZEROS.len().min((to - at) as usize);
+        file.write_all_at(&ZEROS[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// Reads a file forward in large chunks (recovery scans whole stores).
+struct ChunkReader<'a> {
+    file: &'a dyn FileHandle,
+    len: u64,
+    buf: Vec<u8>,
+    /// File position of `buf[0]`.
+    start: u64,
+}
+
+const SCAN_CHUNK: u64 = 1 << 20;
+
+impl<'a> ChunkReader<'a> {
+    fn new(file: &'a dyn FileHandle, len: u64) -> ChunkReader<'a> {
+        ChunkReader {
+            file,
+            len,
+            buf: Vec::new(),
+            start: 0,
+        }
+    }
+
+    /// Fills `out` from `pos`; the caller keeps `pos + out.len()` within
+    /// the file.
+    fn read(&mut self, pos: u64, out: &mut [u8]) -> std::io::Result<()> {
+        let want = out.len() as u64;
+        let end = self.start + self.buf.len() as u64;
+        if pos >= self.start && pos + want <= end {
+            let at = (pos - self.start) as usize;
+            out.copy_from_slice(&self.buf[at..at + out.len()]);
+            return Ok(());
+        }
+        if want > SCAN_CHUNK {
+            return self.file.read_exact_at(out, pos);
+        }
+        let n = SCAN_CHUNK.min(self.len - pos).max(want);
+        self.buf.resize(n as usize, 0);
+        self.file.read_exact_at(&mut self.buf, pos)?;
+        self.start = pos;
+        out.copy_from_slice(&self.buf[..out.len()]);
+        Ok(())
+    }
+
+    /// Whether every byte from `pos` to the end of the file is zero: a
+    /// zero frame header is the end of the records only when nothing but
+    /// zeros follows (else a record was lost, and later ones survived).
+    fn all_zero(&mut self, mut pos: u64) -> std::io::Result<bool> {
+        let mut chunk = vec![0u8; SCAN_CHUNK as usize];
+        while pos < self.len {
+            let n = SCAN_CHUNK.min(self.len - pos) as usize;
+            self.file.read_exact_at(&mut chunk[..n], pos)?;
+            if chunk[..n].iter().any(|&b| b != 0) {
+                return Ok(false);
+            }
+            pos += n as u64;
+        }
+        Ok(true)
     }
 }

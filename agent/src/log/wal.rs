@@ -1,21 +1,34 @@
 //! [`Log`]: ordered segments, dense offsets, group commit, recovery.
 //!
 //! Locking: `inner` (a `RwLock`) guards the segments; appends hold it for
-//! the write syscall only, reads share it. `sync` (a `Mutex`) guards the
-//! watermarks; lock order is `inner` before `sync`, and nothing holds `sync`
-//! while waiting on the `visible` watch.
+//! the write syscall only, reads share it. `sync_io` serialises every sync
+//! of a store that a sync round may also be syncing (rounds, and the seal
+//! of a segment at roll), so that an fsync error one of them consumes is
+//! recorded before the other can report success. `sync` (a `Mutex`) guards
+//! the watermarks. Lock order: `inner`, then `sync_io`, then `sync`; a
+//! round never asks for `inner` while holding `sync_io`, and nothing holds
+//! `sync` while waiting on the `visible` watch.
 //!
 //! Group commit: with `Always`, a syncer thread runs sync rounds back to
 //! back while writes are pending. A round covers everything reported
-//! written when it starts; its fdatasync runs with no lock held, on a cloned
-//! handle of the active store, while appenders keep writing for the next
-//! round. Blocking appenders wait on the condvar of the round that covers
-//! them (so a round wakes only those it made durable); async appenders wait
-//! on the `visible` watch. Segments that roll over are synced when sealed,
-//! so a sync of the active store covers everything written before it.
+//! written when it starts; its fdatasync runs with no lock but `sync_io`
+//! held, on a handle of the active store, while appenders keep writing for
+//! the next round. Blocking appenders wait on the condvar of the round that
+//! covers them (so a round wakes only those it made durable); async
+//! appenders wait on the `visible` watch. Segments that roll over are
+//! synced when sealed, so a sync of the active store covers everything
+//! written before it.
+//!
+//! Failure is final: after any write or sync error the log is failed until
+//! reopened (Linux may drop the dirty pages of a failed fsync and report
+//! success to the next one). Nothing unsynced becomes visible, every waiter
+//! gets [`LogError::SyncFailed`], and close does not mark segments clean,
+//! so the next open verifies every record.
+//!
+//! Truncation fences sync rounds: it bumps an epoch, and a round that
+//! started before it publishes nothing, since its target may name offsets
+//! that now hold other, unsynced records.
 
-use std::fs::{self, File};
-use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -25,9 +38,11 @@ use tokio::sync::watch;
 use tracing::{error, info};
 
 use super::error::{IoContext, LogError, Result};
-use super::segment::{self, Segment, SegmentLimits};
+use super::fs::FileSystem;
+use super::segment::{Segment, SegmentLimits};
+use super::segments::{LogReader, SegmentSet};
 use super::store::MAX_RECORD_LEN;
-use super::{sync_dir, LogConfig, SyncPolicy};
+use super::{LogConfig, SyncPolicy};
 
 /// Where a batch landed: its first offset and the offset after it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,8 +79,11 @@ pub struct Log {
 #[derive(Debug)]
 struct Shared {
     dir: PathBuf,
+    fs: Arc<dyn FileSystem>,
     config: LogConfig,
     inner: RwLock<Inner>,
+    /// Held across every sync of a store that a round may share.
+    sync_io: Mutex<()>,
     sync: Mutex<SyncState>,
     /// `round_done[r % 2]` is signalled when sync round `r` ends. Waiters
     /// wait on the condvar of the round that will cover them, so a round
@@ -83,8 +101,7 @@ struct Shared {
 
 #[derive(Debug)]
 struct Inner {
-    /// Ordered by base; the last one takes appends. Never empty while open.
-    segments: Vec<Segment>,
+    segments: SegmentSet,
     buf: Vec<u8>,
     closed: bool,
 }
@@ -102,6 +119,9 @@ struct SyncState {
     rounds: u64,
     /// What the in-flight round will make durable (next offset).
     round_target: u64,
+    /// Bumped by every truncation; a round of an older epoch publishes
+    /// nothing.
+    epoch: u64,
     failed: bool,
     /// Tells the syncer thread to exit.
     stop: bool,
@@ -115,55 +135,34 @@ pub struct SyncStats {
     pub syncs: u64,
     /// Time spent in those calls, in microseconds.
     pub sync_micros: u64,
+    /// Threads blocked right now waiting for a sync round to cover them.
+    pub waiting: u64,
 }
 
 impl Log {
     /// Opens (creating if needed) the log in `dir` and recovers it.
     pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Log> {
         let dir = dir.as_ref().to_path_buf();
-        if !dir.exists() {
-            fs::create_dir_all(&dir).at(&dir)?;
-            if let Some(parent) = dir.parent() {
-                sync_dir(parent)?;
+        let fs = Arc::clone(&config.fs);
+        if !fs.exists(&dir) {
+            fs.create_dir_all(&dir).at(&dir)?;
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs.sync_dir(parent).at(parent)?;
             }
         }
-        let limits = config.limits();
-        let mut segments = Vec::new();
-        for base in segment_bases(&dir)? {
-            segments.push(Segment::open(&dir, base, limits)?);
-        }
-        for pair in segments.windows(2) {
-            if pair[0].next_offset() != pair[1].base() {
-                return Err(LogError::Corrupt {
-                    segment: pair[0].store_file().to_path_buf(),
-                    position: pair[0].store_size(),
-                    reason: "segment ends before the next one begins: records are missing",
-                });
-            }
-        }
-        let count = segments.len();
-        for seg in segments.iter_mut().take(count.saturating_sub(1)) {
-            if !seg.opened_clean() {
-                seg.seal()?;
-            }
-        }
-        match segments.last_mut() {
-            Some(last) => last.unseal()?,
-            None => {
-                segments.push(Segment::create(&dir, config.initial_offset, limits)?);
-                sync_dir(&dir)?;
-            }
-        }
-        let next = segments.last().expect("one segment").next_offset();
-        info!(dir = %dir.display(), segments = segments.len(),
-            lowest = segments[0].base(), next, "log opened");
+        let segments = SegmentSet::open(&fs, &dir, config.limits(), config.initial_offset)?;
+        let next = segments.next();
+        info!(dir = %dir.display(), segments = segments.sealed().len() + 1,
+            lowest = segments.lowest(), next, "log opened");
         let shared = Arc::new(Shared {
             dir,
+            fs,
             inner: RwLock::new(Inner {
                 segments,
                 buf: Vec::new(),
                 closed: false,
             }),
+            sync_io: Mutex::new(()),
             sync: Mutex::new(SyncState {
                 written: next,
                 synced: next,
@@ -172,6 +171,7 @@ impl Log {
                 syncing: false,
                 rounds: 0,
                 round_target: next,
+                epoch: 0,
                 failed: false,
                 stop: false,
                 stats: SyncStats::default(),
@@ -184,7 +184,7 @@ impl Log {
         });
         let syncer = match shared.config.sync {
             SyncPolicy::Never => None,
-            _ => Some(spawn_syncer(Arc::clone(&shared))),
+            _ => Some(spawn_syncer(Arc::clone(&shared))?),
         };
         Ok(Log {
             shared,
@@ -234,16 +234,24 @@ impl Log {
         }
         let shared = &*self.shared;
         if records.is_empty() {
-            let next = shared.lock_sync().written;
-            return Ok(Appended { first: next, next });
+            let st = shared.lock_sync();
+            if st.failed {
+                return Err(LogError::SyncFailed);
+            }
+            return Ok(Appended {
+                first: st.written,
+                next: st.written,
+            });
         }
         let (first, next, bytes) = {
             let mut inner = shared.write_inner()?;
-            let result = shared.write_records(&mut inner, records);
-            if result.is_err() {
-                shared.fail(&mut shared.lock_sync());
+            match shared.write_records(&mut inner, records) {
+                Ok(done) => done,
+                Err(e) => {
+                    shared.fail(&mut shared.lock_sync(), &e);
+                    return Err(e);
+                }
             }
-            result?
         };
         shared.written(next, bytes);
         Ok(Appended { first, next })
@@ -261,16 +269,19 @@ impl Log {
     }
 
     /// Resolves once every offset below `next` is durable and visible, or
-    /// fails if a sync failed. Under [`SyncPolicy::Interval`] that is the
-    /// next interval sync; under `Never`, at once.
+    /// fails once the log has failed (whatever was visible before). Under
+    /// [`SyncPolicy::Interval`] that is the next interval sync; under
+    /// `Never`, at once.
     pub async fn wait_durable(&self, next: u64) -> Result<()> {
         let mut visible = self.shared.visible.subscribe();
         let failed = || self.shared.failed.load(Ordering::Acquire);
-        let _ = visible.wait_for(|v| *v >= next || failed()).await;
-        if *visible.borrow() >= next {
+        let _ = visible.wait_for(|v| failed() || *v >= next).await;
+        if failed() {
+            Err(LogError::SyncFailed)
+        } else if *visible.borrow() >= next {
             Ok(())
         } else {
-            Err(LogError::SyncFailed)
+            Err(LogError::Closed)
         }
     }
 
@@ -296,22 +307,21 @@ impl Log {
     /// this way); everyone else uses [`Log::read`].
     pub fn read_unsynced(&self, offset: u64) -> Result<Vec<u8>> {
         let inner = self.shared.read_inner()?;
-        let i = inner.segments.partition_point(|s| s.base() <= offset);
-        if i == 0 {
-            return Err(LogError::OffsetOutOfRange { offset });
+        match inner.segments.find(offset) {
+            Some(seg) => seg.read(offset),
+            None => Err(LogError::OffsetOutOfRange { offset }),
         }
-        inner.segments[i - 1].read(offset)
+    }
+
+    /// Group-commit counters since open.
+    pub fn sync_stats(&self) -> SyncStats {
+        self.shared.lock_sync().stats
     }
 
     /// Whether a write or sync failed: the log then refuses writes and
     /// makes nothing more visible until it is reopened and recovered.
     pub fn is_failed(&self) -> bool {
         self.shared.failed.load(Ordering::Acquire)
-    }
-
-    /// Group-commit counters since open.
-    pub fn sync_stats(&self) -> SyncStats {
-        self.shared.lock_sync().stats
     }
 
     /// The segments, oldest first: what retention decides on.
@@ -324,9 +334,7 @@ impl Log {
                 base: s.base(),
                 next: s.next_offset(),
                 bytes: s.store_size(),
-                modified: std::fs::metadata(s.store_file())
-                    .and_then(|m| m.modified())
-                    .ok(),
+                modified: self.shared.fs.modified(s.store_file()),
             })
             .collect()
     }
@@ -334,7 +342,7 @@ impl Log {
     /// Offset of the oldest retained record (the next offset if empty).
     pub fn lowest_offset(&self) -> u64 {
         let inner = self.shared.inner.read().unwrap_or_else(|e| e.into_inner());
-        inner.segments.first().map_or(0, Segment::base)
+        inner.segments.lowest()
     }
 
     /// Offset of the newest visible record, or `None` if there is none.
@@ -361,78 +369,79 @@ impl Log {
     }
 
     /// Removes whole segments whose records all lie below `lowest`; the
-    /// active segment always stays. Returns the new lowest offset.
+    /// active segment always stays. Returns the new lowest offset. Each
+    /// removal is made durable before the next, so a crash leaves the
+    /// segments contiguous.
     pub fn truncate_prefix(&self, lowest: u64) -> Result<u64> {
         let shared = &*self.shared;
         let mut inner = shared.write_inner()?;
-        let keep_from = inner.segments[..inner.segments.len() - 1]
-            .iter()
-            .take_while(|s| s.next_offset() <= lowest)
-            .count();
-        if keep_from > 0 {
-            for seg in inner.segments.drain(..keep_from) {
-                seg.remove()?;
+        let result = (|| {
+            while inner
+                .segments
+                .sealed()
+                .first()
+                .is_some_and(|s| s.next_offset() <= lowest)
+            {
+                if let Some(seg) = inner.segments.pop_oldest() {
+                    seg.remove()?;
+                    shared.sync_dir()?;
+                }
             }
-            sync_dir(&shared.dir)?;
-        }
-        Ok(inner.segments[0].base())
+            Ok(inner.segments.lowest())
+        })();
+        shared.fail_on_error(result)
     }
 
     /// Removes every record after `after` (Raft replaces conflicting tails
     /// this way); the next append gets `after + 1`. If `after` lies below
     /// the lowest retained record, the log becomes empty and starts at
-    /// `after + 1`. Must not race appends.
+    /// `after + 1`. Must not race appends; a sync round in flight is fenced
+    /// (it publishes nothing). Whole segments go first, newest first, each
+    /// removal made durable before the next step, so a crash leaves a
+    /// contiguous prefix.
     pub fn truncate_suffix(&self, after: u64) -> Result<()> {
         let shared = &*self.shared;
         let mut inner = shared.write_inner()?;
-        let next = after + 1;
-        if next >= inner.segments.last().expect("open").next_offset() {
+        let Some(next) = after.checked_add(1) else {
+            return Ok(());
+        };
+        if next >= inner.segments.next() {
             return Ok(());
         }
-        let mut removed = false;
-        while inner.segments.last().is_some_and(|s| s.base() > after) {
-            inner.segments.pop().expect("checked").remove()?;
-            removed = true;
-        }
-        match inner.segments.last_mut() {
-            Some(last) => last.truncate_after(after)?,
-            None => {
-                let limits = shared.limits();
-                inner
-                    .segments
-                    .push(Segment::create(&shared.dir, next, limits)?);
-                removed = true;
+        let result = (|| {
+            while inner.segments.active().base() > after {
+                match inner.segments.pop_active() {
+                    Some(removed) => {
+                        removed.remove()?;
+                        shared.sync_dir()?;
+                        inner.segments.active_mut().unseal()?;
+                    }
+                    None => {
+                        // Below the lowest record: start over, empty.
+                        shared.replace_all(&mut inner, next)?;
+                        return Ok(());
+                    }
+                }
             }
-        }
-        if removed {
-            sync_dir(&shared.dir)?;
-        }
+            inner.segments.active_mut().truncate_after(after)
+        })();
+        shared.fail_on_error(result)?;
         drop(inner);
-        shared.lower_watermarks(next);
+        shared.truncated(next, false);
         Ok(())
     }
 
     /// Deletes every record and starts over, empty, at `initial_offset`
-    /// (as after installing a snapshot). Must not race appends.
+    /// (as after installing a snapshot). Must not race appends. The old
+    /// segments are gone durably before the new one is created, so a crash
+    /// in between leaves an empty log, never old and new records mixed.
     pub fn reset(&self, initial_offset: u64) -> Result<()> {
         let shared = &*self.shared;
         let mut inner = shared.write_inner()?;
-        for seg in inner.segments.drain(..) {
-            seg.remove()?;
-        }
-        inner.segments.push(Segment::create(
-            &shared.dir,
-            initial_offset,
-            shared.limits(),
-        )?);
-        sync_dir(&shared.dir)?;
+        let result = shared.replace_all(&mut inner, initial_offset);
+        shared.fail_on_error(result)?;
         drop(inner);
-        let mut st = shared.lock_sync();
-        st.written = initial_offset;
-        st.synced = initial_offset;
-        st.failed = false;
-        shared.failed.store(false, Ordering::Release);
-        shared.visible.send_replace(initial_offset);
+        shared.truncated(initial_offset, true);
         Ok(())
     }
 
@@ -441,17 +450,13 @@ impl Log {
     /// handles, so later truncation does not disturb it.
     pub fn reader(&self) -> Result<LogReader> {
         let inner = self.shared.read_inner()?;
-        let mut parts = Vec::new();
-        for seg in &inner.segments[..inner.segments.len() - 1] {
-            let path = seg.store_file();
-            parts.push((File::open(path).at(path)?, seg.store_size()));
-        }
-        parts.reverse();
-        Ok(LogReader { parts })
+        LogReader::new(&*self.shared.fs, inner.segments.sealed())
     }
 
     /// Syncs and seals the active segment and stops the background syncer.
     /// Later calls fail with [`LogError::Closed`]; closing twice is fine.
+    /// A failed log is closed without marking anything clean (the next open
+    /// verifies every record) and reports [`LogError::SyncFailed`].
     pub fn close(&self) -> Result<()> {
         if let Some(handle) = self.syncer.lock().unwrap_or_else(|e| e.into_inner()).take() {
             self.shared.lock_sync().stop = true;
@@ -464,28 +469,42 @@ impl Log {
             return Ok(());
         }
         inner.closed = true;
-        inner.segments.last_mut().expect("open").seal()?;
-        let next = inner.segments.last().expect("open").next_offset();
-        drop(inner);
+        let io = shared.lock_io();
+        if shared.lock_sync().failed {
+            drop(io);
+            shared.wake_all();
+            return Err(LogError::SyncFailed);
+        }
+        let sealed = inner.segments.active_mut().seal();
         let mut st = shared.lock_sync();
-        st.synced = st.synced.max(next);
-        shared.visible.send_replace(next);
-        shared.round_done.iter().for_each(Condvar::notify_all);
-        Ok(())
+        drop(io);
+        match sealed {
+            Ok(()) => {
+                let next = inner.segments.next();
+                st.synced = st.synced.max(next);
+                shared.visible.send_replace(next);
+                shared.round_done.iter().for_each(Condvar::notify_all);
+                Ok(())
+            }
+            Err(e) => {
+                shared.fail(&mut st, &e);
+                Err(e)
+            }
+        }
     }
 
     /// Closes the log and deletes its directory.
     pub fn remove(self) -> Result<()> {
         self.close()?;
         let dir = self.shared.dir.clone();
-        fs::remove_dir_all(&dir).at(&dir)
+        self.shared.fs.remove_dir_all(&dir).at(&dir)
     }
 }
 
 impl Drop for Log {
     fn drop(&mut self) {
         if let Err(e) = self.close() {
-            error!(error = %e, "closing the log failed");
+            error!(dir = %self.shared.dir.display(), error = %e, "closing the log failed");
         }
     }
 }
@@ -514,14 +533,66 @@ impl Shared {
         Ok(inner)
     }
 
-    /// Marks the log failed: no more writes until reopened.
-    fn fail(&self, st: &mut SyncState) {
-        st.failed = true;
-        self.failed.store(true, Ordering::Release);
-    }
-
     fn lock_sync(&self) -> MutexGuard<'_, SyncState> {
         self.sync.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_io(&self) -> MutexGuard<'_, ()> {
+        self.sync_io.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn sync_dir(&self) -> Result<()> {
+        self.fs.sync_dir(&self.dir).at(&self.dir)
+    }
+
+    /// Marks the log failed for good and wakes every waiter, blocking or
+    /// async, so none waits for a round that will never come.
+    fn fail(&self, st: &mut SyncState, cause: &LogError) {
+        if !st.failed {
+            error!(dir = %self.dir.display(), error = %cause,
+                "write or sync failed; the log refuses writes until it is reopened");
+        }
+        st.failed = true;
+        self.failed.store(true, Ordering::Release);
+        self.wake_all();
+    }
+
+    fn wake_all(&self) {
+        self.round_done.iter().for_each(Condvar::notify_all);
+        self.work.notify_all();
+        self.visible.send_modify(|_| {});
+    }
+
+    /// Fails the log if `result` is an error (a truncation interrupted
+    /// half way leaves files and memory out of step).
+    fn fail_on_error<T>(&self, result: Result<T>) -> Result<T> {
+        if let Err(e) = &result {
+            self.fail(&mut self.lock_sync(), e);
+        }
+        result
+    }
+
+    /// Removes every segment (each removal durable) and creates an empty
+    /// one at `base`.
+    fn replace_all(&self, inner: &mut Inner, base: u64) -> Result<()> {
+        // The new segment may reuse a name of an old one: free the names
+        // first. Until the new one exists, the set holds a segment whose
+        // files are gone; any error here fails the log.
+        let mut old = Vec::new();
+        for seg in inner.segments.iter() {
+            old.push((seg.base(), seg.store_file().to_path_buf()));
+        }
+        for (base, store) in old.iter().rev() {
+            let index = super::segment::index_path(&self.dir, *base);
+            remove_if_exists(&*self.fs, &index)?;
+            remove_if_exists(&*self.fs, store)?;
+            self.sync_dir()?;
+        }
+        let fresh = Segment::create(&self.fs, &self.dir, base, self.limits())?;
+        self.sync_dir()?;
+        // The old segments' files are already removed: drop them.
+        drop(inner.segments.replace_all(fresh));
+        Ok(())
     }
 
     /// Writes records into the active segment, rolling to new segments as
@@ -532,25 +603,34 @@ impl Shared {
         records: &[R],
     ) -> Result<(u64, u64, u64)> {
         let Inner { segments, buf, .. } = inner;
-        let first = segments.last().expect("open").next_offset();
+        let first = segments.next();
         let mut bytes = 0;
         let mut i = 0;
         while i < records.len() {
-            let active = segments.last_mut().expect("open");
-            let n = active.fit(records[i..].iter().map(|r| r.as_ref().len()));
+            let n = segments
+                .active()
+                .fit(records[i..].iter().map(|r| r.as_ref().len()));
             if n == 0 {
-                let base = active.next_offset();
-                active.seal()?;
-                segments.push(Segment::create(&self.dir, base, self.limits())?);
-                sync_dir(&self.dir)?;
+                let base = segments.next();
+                {
+                    // A round may be syncing this store: see `sync_io`.
+                    let _io = self.lock_io();
+                    let sealed = segments.active_mut().seal();
+                    if let Err(e) = sealed {
+                        self.fail(&mut self.lock_sync(), &e);
+                        return Err(e);
+                    }
+                }
+                let fresh = Segment::create(&self.fs, &self.dir, base, self.limits())?;
+                self.sync_dir()?;
+                segments.roll(fresh);
                 continue;
             }
-            active.append(&records[i..i + n], buf)?;
+            segments.active_mut().append(&records[i..i + n], buf)?;
             bytes += buf.len() as u64;
             i += n;
         }
-        let next = segments.last().expect("open").next_offset();
-        Ok((first, next, bytes))
+        Ok((first, segments.next(), bytes))
     }
 
     /// Records a write up to `next` and applies the policy: wake the
@@ -563,11 +643,13 @@ impl Shared {
             SyncPolicy::Always if !st.syncing => self.work.notify_one(),
             SyncPolicy::Always | SyncPolicy::Interval(_) => {}
             SyncPolicy::Never => {
-                self.visible.send_if_modified(|v| {
-                    let grew = next > *v;
-                    *v = (*v).max(next);
-                    grew
-                });
+                if !st.failed {
+                    self.visible.send_if_modified(|v| {
+                        let grew = next > *v;
+                        *v = (*v).max(next);
+                        grew
+                    });
+                }
             }
         }
     }
@@ -588,17 +670,19 @@ impl Shared {
 
     /// Waits for the sync round that covers `target`, or runs it. With
     /// `Always` the syncer thread runs rounds, so appenders keep writing
-    /// while one is in flight; otherwise the caller runs it when none is.
+    /// while one is in flight; otherwise the caller runs one when none is
+    /// in flight, and else waits for the one in flight to end and looks
+    /// again (with no syncer thread, nobody else would run the next one).
     fn step_toward_sync<'a>(
         &'a self,
-        st: MutexGuard<'a, SyncState>,
+        mut st: MutexGuard<'a, SyncState>,
         target: u64,
     ) -> MutexGuard<'a, SyncState> {
         let always = self.config.sync == SyncPolicy::Always && !st.stop;
         if !st.syncing && !always {
             return self.sync_round(st);
         }
-        let covering = if st.syncing && target <= st.round_target {
+        let covering = if st.syncing && (target <= st.round_target || !always) {
             st.rounds
         } else {
             if !st.syncing {
@@ -606,9 +690,12 @@ impl Shared {
             }
             st.rounds + 1
         };
-        self.round_done[(covering % 2) as usize]
+        st.stats.waiting += 1;
+        let mut st = self.round_done[(covering % 2) as usize]
             .wait(st)
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(|e| e.into_inner());
+        st.stats.waiting -= 1;
+        st
     }
 
     /// Backpressure: waits while more than `max_unsynced_bytes` are
@@ -631,9 +718,11 @@ impl Shared {
     /// One group-commit round: everything reported written so far is
     /// covered. Records before `written` are either in the active store
     /// (fetched after deciding the target) or in a segment that was synced
-    /// when it was sealed. The fdatasync runs with no lock held.
+    /// when it was sealed. The fdatasync runs with only `sync_io` held; the
+    /// round publishes only if the log has not failed and no truncation
+    /// happened meanwhile.
     fn sync_round<'a>(&'a self, mut st: MutexGuard<'a, SyncState>) -> MutexGuard<'a, SyncState> {
-        let (target, bytes) = (st.written, st.written_bytes);
+        let (target, bytes, epoch) = (st.written, st.written_bytes, st.epoch);
         st.syncing = true;
         st.rounds += 1;
         st.round_target = target;
@@ -641,53 +730,64 @@ impl Shared {
         drop(st);
         let (file, path) = {
             let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
-            let active = inner.segments.last().expect("open");
+            let active = inner.segments.active();
             (active.sync_handle(), active.store_file().to_path_buf())
         };
+        let io = self.lock_io();
         let started = std::time::Instant::now();
-        let result = file.sync_data();
+        let result = file.sync_data().at(&path);
         let took = started.elapsed();
         let mut st = self.lock_sync();
+        drop(io);
         st.syncing = false;
         st.stats.syncs += 1;
         st.stats.sync_micros += took.as_micros() as u64;
         match result {
-            Ok(()) => {
+            Ok(()) if !st.failed && st.epoch == epoch => {
                 if target > st.synced {
                     st.synced = target;
                     self.visible.send_replace(target);
                 }
                 st.synced_bytes = st.synced_bytes.max(bytes);
             }
-            Err(e) => {
-                error!(file = %path.display(), error = %e,
-                    "fdatasync failed; refusing writes until the log is reopened");
-                self.fail(&mut st);
-                self.round_done[((round + 1) % 2) as usize].notify_all();
-                self.visible.send_modify(|_| {});
-            }
+            Ok(()) => {}
+            Err(e) => self.fail(&mut st, &e),
         }
         self.round_done[(round % 2) as usize].notify_all();
         st
     }
 
-    /// After a suffix truncation: nothing at or past `next` exists anymore.
-    fn lower_watermarks(&self, next: u64) {
+    /// After a truncation or reset: nothing at or past `next` exists
+    /// anymore, and rounds in flight publish nothing.
+    fn truncated(&self, next: u64, reset: bool) {
         let mut st = self.lock_sync();
-        st.written = st.written.min(next);
-        st.synced = st.synced.min(next);
+        st.epoch += 1;
+        st.written = if reset { next } else { st.written.min(next) };
+        st.synced = if reset { next } else { st.synced.min(next) };
+        st.synced_bytes = st.written_bytes;
         self.visible.send_if_modified(|v| {
-            let shrank = *v > next;
-            *v = (*v).min(next);
-            shrank
+            let changed = if reset { *v != next } else { *v > next };
+            if changed {
+                *v = next;
+            }
+            changed
         });
+        self.round_done.iter().for_each(Condvar::notify_all);
+    }
+}
+
+fn remove_if_exists(fs: &dyn FileSystem, path: &Path) -> Result<()> {
+    match fs.remove(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).at(path),
+        _ => Ok(()),
     }
 }
 
 /// The syncer thread: with `Always` it syncs back to back while writes
 /// are pending (appenders keep writing during a sync and share the next
 /// one); with `Interval` it syncs pending writes once per interval.
-fn spawn_syncer(shared: Arc<Shared>) -> JoinHandle<()> {
+fn spawn_syncer(shared: Arc<Shared>) -> Result<JoinHandle<()>> {
+    let dir = shared.dir.clone();
     std::thread::Builder::new()
         .name("proglog-syncer".into())
         .spawn(move || {
@@ -715,64 +815,5 @@ fn spawn_syncer(shared: Arc<Shared>) -> JoinHandle<()> {
                 };
             }
         })
-        .expect("spawning the syncer thread")
-}
-
-/// Bases of the segments in `dir`, sorted; stray index files are removed.
-fn segment_bases(dir: &Path) -> Result<Vec<u64>> {
-    let mut bases = Vec::new();
-    let mut indexes = Vec::new();
-    for entry in fs::read_dir(dir).at(dir)? {
-        let path = entry.at(dir)?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let parse = |suffix: &str| {
-            name.strip_suffix(suffix)
-                .filter(|stem| stem.len() == 20)
-                .and_then(|stem| stem.parse::<u64>().ok())
-        };
-        if let Some(base) = parse(".store") {
-            bases.push(base);
-        } else if let Some(base) = parse(".index") {
-            indexes.push(base);
-        } else if name.ends_with(".index.tmp") {
-            fs::remove_file(&path).at(&path)?;
-        }
-    }
-    bases.sort_unstable();
-    for base in indexes {
-        if bases.binary_search(&base).is_err() {
-            let path = segment::index_path(dir, base);
-            fs::remove_file(&path).at(&path)?;
-        }
-    }
-    Ok(bases)
-}
-
-/// Raw bytes of sealed store files, oldest first (see [`Log::reader`]).
-#[derive(Debug)]
-pub struct LogReader {
-    /// Remaining (file, bytes left) pairs, last element read first.
-    parts: Vec<(File, u64)>,
-}
-
-impl Read for LogReader {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while let Some((file, left)) = self.parts.last_mut() {
-            if *left == 0 {
-                self.parts.pop();
-                continue;
-            }
-            let want = out.len().min(*left as usize);
-            let n = file.read(&mut out[..want])?;
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "store file shorter than its recorded size",
-                ));
-            }
-            *left -= n as u64;
-            return Ok(n);
-        }
-        Ok(0)
-    }
+        .at(&dir)
 }

@@ -2,8 +2,9 @@
 
 use std::io::Read;
 
+use super::super::fs::RealFs;
 use super::super::index::{self, Index};
-use super::super::segment::{Segment, SegmentLimits};
+use super::super::segment::{Role, Segment, SegmentLimits};
 use super::super::store::{self, Store};
 use super::super::{Log, LogConfig, LogError};
 use super::tiny;
@@ -14,12 +15,12 @@ const WRITE: &[u8] = b"hello world";
 fn store_append_read_and_read_at() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("test.store");
-    let mut s = Store::create(&path).unwrap();
+    let mut s = Store::create(&RealFs, &path).unwrap();
     let mut positions = Vec::new();
     for i in 1..4u64 {
         let mut buf = Vec::new();
         store::encode(&mut buf, i, WRITE);
-        positions.push(s.append(&buf, 0).unwrap());
+        positions.push(s.append(&buf, store::Prealloc::default()).unwrap());
         assert_eq!(
             s.size(),
             store::HEADER_LEN + i * store::framed_len(WRITE.len())
@@ -39,7 +40,7 @@ fn store_append_read_and_read_at() {
         Err(LogError::Corrupt { .. })
     ));
     drop(s);
-    let reopened = Store::open(&path).unwrap();
+    let reopened = Store::open(&RealFs, &path).unwrap();
     let (found, end, _) = reopened.scan(store::HEADER_LEN, 1).unwrap();
     assert_eq!(found, positions);
     assert_eq!(end, store::HEADER_LEN + 3 * store::framed_len(WRITE.len()));
@@ -49,11 +50,17 @@ fn store_append_read_and_read_at() {
 fn store_close_drops_preallocated_space_and_keeps_records() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("test.store");
-    let mut s = Store::create(&path).unwrap();
+    let mut s = Store::create(&RealFs, &path).unwrap();
     let mut buf = Vec::new();
     store::encode(&mut buf, 0, WRITE);
-    s.append(&buf, 4096).unwrap();
-    assert_eq!(std::fs::metadata(&path).unwrap().len(), 4096);
+    let ahead = store::Prealloc {
+        chunk: 4096,
+        max: 1 << 20,
+    };
+    s.append(&buf, ahead).unwrap();
+    s.wait_prewrite().unwrap();
+    let len = std::fs::metadata(&path).unwrap().len();
+    assert!(len >= 4096, "pre-written to {len}");
     s.seal().unwrap();
     assert_eq!(std::fs::metadata(&path).unwrap().len(), s.size());
     assert_eq!(s.read(store::HEADER_LEN, 0).unwrap(), WRITE);
@@ -63,7 +70,7 @@ fn store_close_drops_preallocated_space_and_keeps_records() {
 fn index_write_read_full_and_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("test.index");
-    let mut idx = Index::create(&path, index::HEADER_LEN + 3 * index::ENTRY_LEN).unwrap();
+    let mut idx = Index::create(&RealFs, &path, index::HEADER_LEN + 3 * index::ENTRY_LEN).unwrap();
     assert_eq!(idx.position(0), None);
     let positions = [16u64, 43, 70];
     for p in positions {
@@ -78,9 +85,13 @@ fn index_write_read_full_and_reopen() {
     assert_eq!(idx.position(3), None);
     idx.mark_clean().unwrap();
     drop(idx);
-    let mut idx = Index::open(&path).unwrap();
-    assert_eq!(idx.recover_count(), (3, true));
+    let mut idx = Index::open(&RealFs, &path).unwrap();
+    assert_eq!(idx.clean_count(), Some(3));
     assert_eq!(idx.position(2), Some(70));
+}
+
+fn real() -> std::sync::Arc<dyn super::super::fs::FileSystem> {
+    std::sync::Arc::new(RealFs)
 }
 
 fn limits(max_store_bytes: u64, entries: u64) -> SegmentLimits {
@@ -94,7 +105,7 @@ fn limits(max_store_bytes: u64, entries: u64) -> SegmentLimits {
 #[test]
 fn segment_fills_by_index() {
     let dir = tempfile::tempdir().unwrap();
-    let mut seg = Segment::create(dir.path(), 16, limits(1024, 3)).unwrap();
+    let mut seg = Segment::create(&real(), dir.path(), 16, limits(1024, 3)).unwrap();
     let mut buf = Vec::new();
     assert_eq!(seg.next_offset(), 16);
     for i in 0..3 {
@@ -105,8 +116,7 @@ fn segment_fills_by_index() {
     assert_eq!(seg.fit([WRITE.len()]), 0, "index is full");
     seg.seal().unwrap();
     drop(seg);
-    let seg = Segment::open(dir.path(), 16, limits(1024, 3)).unwrap();
-    assert!(seg.opened_clean());
+    let seg = Segment::open(&real(), dir.path(), 16, limits(1024, 3), Role::Active).unwrap();
     assert_eq!(seg.next_offset(), 19);
 }
 
@@ -115,7 +125,7 @@ fn segment_fills_by_store_without_orphan_entries() {
     let dir = tempfile::tempdir().unwrap();
     let per = store::framed_len(WRITE.len());
     let max = store::HEADER_LEN + 3 * per;
-    let mut seg = Segment::create(dir.path(), 0, limits(max, 1000)).unwrap();
+    let mut seg = Segment::create(&real(), dir.path(), 0, limits(max, 1000)).unwrap();
     assert_eq!(seg.fit([WRITE.len(); 5]), 3);
     let mut buf = Vec::new();
     seg.append(&[WRITE; 3], &mut buf).unwrap();

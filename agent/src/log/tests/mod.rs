@@ -1,10 +1,12 @@
 //! Tests of the WAL: the book's tests ported, recovery from torn and corrupt
-//! tails, a model-based proptest, and a SIGKILL crash test in a child
-//! process.
+//! tails, a model-based proptest, power loss and injected faults on a
+//! simulated disk, and a SIGKILL crash test in a child process.
 
 mod book;
 mod crash;
+mod faults;
 mod model;
+mod power;
 mod recovery;
 
 use std::path::Path;

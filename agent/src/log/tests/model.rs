@@ -96,6 +96,7 @@ proptest! {
         store in prop::collection::vec(any::<u8>(), 0..300),
         index in prop::collection::vec(any::<u8>(), 0..200),
         keep_header in any::<bool>(),
+        clean in proptest::option::of((0u32..8, prop::collection::vec(any::<u64>(), 0..8), any::<bool>())),
     ) {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path();
@@ -109,10 +110,29 @@ proptest! {
             i.extend(index_bytes);
             index_bytes = i;
         }
+        if let Some((count, steps, huge)) = clean {
+            // A clean header with a plausible count over increasing
+            // positions, some near the end of the u64 range.
+            let mut i = b"PLOGIDX\0\x01\0\x01\0".to_vec();
+            i.extend(count.to_le_bytes());
+            let mut pos = if huge { u64::MAX - 64 } else { 16 };
+            for (rel, step) in steps.iter().enumerate() {
+                i.extend((rel as u32).to_le_bytes());
+                i.extend(pos.to_le_bytes());
+                pos = pos.wrapping_add(step % 64 + 16);
+            }
+            i.resize(16 + 5 * 12, 0);
+            index_bytes = i;
+        }
         std::fs::write(super::super::segment::store_path(dir, 0), store_bytes).unwrap();
         std::fs::write(super::super::segment::index_path(dir, 0), index_bytes).unwrap();
         if let Ok(log) = Log::open(dir, tiny(200, 5)) {
-            let records = read_all(&log);
+            let records: Vec<_> = (log.lowest_offset()..log.next_offset())
+                .map(|o| log.read(o))
+                .collect();
+            prop_assert!(records.iter().all(Result::is_ok), "{:?}", records);
+            let _ = log.read(u64::MAX);
+            let _ = log.truncate_suffix(u64::MAX);
             let next = log.append(b"after").unwrap();
             prop_assert_eq!(next, records.len() as u64);
         }

@@ -209,3 +209,76 @@ fn a_foreign_file_is_refused_with_its_name() {
     );
     assert!(err.to_string().contains("bad magic"), "{err}");
 }
+
+#[test]
+fn a_lost_middle_record_of_the_active_segment_cuts_the_log_there() {
+    let root = tempfile::tempdir().unwrap();
+    let (unclean, _) = pristine(root.path());
+    // Power loss: the page holding record 8 (first of the active segment)
+    // never reached the disk, the one holding record 9 did. The index,
+    // which is not synced, still lists both.
+    let store = store_path(&unclean, 8);
+    let mut bytes = std::fs::read(&store).unwrap();
+    let start = store::HEADER_LEN as usize;
+    let end = start + store::framed_len(records()[8].len()) as usize;
+    bytes[start..end].fill(0);
+    std::fs::write(&store, bytes).unwrap();
+    let log = Log::open(&unclean, config()).unwrap();
+    assert_eq!(log.next_offset(), 8, "cut at the first bad record");
+    assert_eq!(read_all(&log), &records()[..8]);
+    assert_eq!(log.append(b"again").unwrap(), 8);
+    assert_eq!(log.read(8).unwrap(), b"again");
+}
+
+#[test]
+fn a_damaged_sealed_segment_without_index_is_reported_with_its_bytes_untouched() {
+    let root = tempfile::tempdir().unwrap();
+    let (_, clean) = pristine(root.path());
+    let store = store_path(&clean, 0);
+    std::fs::remove_file(super::super::segment::index_path(&clean, 0)).unwrap();
+    let mut bytes = std::fs::read(&store).unwrap();
+    let at = (store::HEADER_LEN + store::framed_len(records()[0].len()) + 20) as usize;
+    bytes[at] ^= 1; // inside record 1 of 4
+    std::fs::write(&store, &bytes).unwrap();
+    match Log::open(&clean, config()) {
+        Err(e @ LogError::Corrupt { .. }) => {
+            let LogError::Corrupt {
+                segment, position, ..
+            } = &e
+            else {
+                unreachable!()
+            };
+            assert_eq!(segment, &store);
+            assert_eq!(
+                *position,
+                store::HEADER_LEN + store::framed_len(records()[0].len()),
+                "names the first bad record"
+            );
+            assert!(e.to_string().contains("sealed segment is damaged"), "{e}");
+        }
+        other => panic!("expected a corrupt segment error, got {other:?}"),
+    }
+    assert_eq!(std::fs::read(&store).unwrap(), bytes, "store left as found");
+}
+
+#[test]
+fn a_sealed_segment_with_a_lost_index_is_rebuilt_when_intact() {
+    let root = tempfile::tempdir().unwrap();
+    let (_, clean) = pristine(root.path());
+    std::fs::remove_file(super::super::segment::index_path(&clean, 4)).unwrap();
+    let log = Log::open(&clean, config()).unwrap();
+    assert_eq!(read_all(&log), records());
+}
+
+#[test]
+fn truncating_after_the_largest_offset_is_a_no_op() {
+    let root = tempfile::tempdir().unwrap();
+    let (_, clean) = pristine(root.path());
+    let log = Log::open(&clean, config()).unwrap();
+    log.truncate_suffix(u64::MAX).unwrap();
+    assert_eq!(read_all(&log), records());
+    assert!(matches!(
+        log.read(u64::MAX),
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
+}
