@@ -21,7 +21,8 @@ use tonic_health::ServingStatus;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
-use crate::log::LogError;
+use crate::log::fs::{FileSystem, RealFs};
+use crate::log::{LogConfig, LogError};
 use crate::raft::{NodeError, NodeSettings, RaftNode};
 use crate::server::auth::{AclError, Authorizer};
 use crate::server::LogService;
@@ -88,12 +89,25 @@ impl Agent {
         config: Config,
         log_level: Option<LogLevelHook>,
     ) -> Result<Agent, AgentError> {
+        Agent::start_on(config, log_level, Arc::new(RealFs)).await
+    }
+
+    /// [`Agent::start`] with the WAL files (Raft log and data log) on `fs`:
+    /// tests pass a simulated disk that fails writes or syncs on demand.
+    pub(crate) async fn start_on(
+        config: Config,
+        log_level: Option<LogLevelHook>,
+        fs: Arc<dyn FileSystem>,
+    ) -> Result<Agent, AgentError> {
         tls::install_crypto_provider();
         let lock = lock_data_dir(&config.data_dir)?;
         let node = RaftNode::start(NodeSettings {
             dir: config.data_dir.clone(),
             name: config.node_name.clone(),
-            log: config.log_config(),
+            log: LogConfig {
+                fs,
+                ..config.log_config()
+            },
             snapshot_threshold: config.snapshot_threshold,
             snapshot_threshold_bytes: config.snapshot_threshold_bytes,
             retention_bytes: config.retention_bytes,
