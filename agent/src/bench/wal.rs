@@ -38,7 +38,9 @@ pub struct WalArgs {
     /// Zeros pre-written ahead of the store's write position (0 = off).
     #[arg(long, default_value = "4MiB", value_parser = parse_bytes)]
     pub prealloc_bytes: u64,
-    /// Afterwards, close the log and time a reopen.
+    /// Afterwards, close the log and time a reopen; then abandon that log
+    /// without closing it (as a killed process would) and time an unclean
+    /// reopen, which verifies every record of the active segment.
     #[arg(long)]
     pub reopen: bool,
     /// Keep the log directory afterwards.
@@ -124,7 +126,7 @@ pub fn run(args: &WalArgs) -> Result<Report, crate::log::LogError> {
         log.close()?;
         drop(log);
         let t = Instant::now();
-        let reopened = Log::open(&dir, config)?;
+        let reopened = Log::open(&dir, config.clone())?;
         let ms = t.elapsed().as_secs_f64() * 1000.0;
         let bytes = dir_bytes(&dir);
         report.extra.insert(
@@ -134,6 +136,20 @@ pub fn run(args: &WalArgs) -> Result<Report, crate::log::LogError> {
         report
             .extra
             .insert("log_mib".into(), serde_json::json!(bytes >> 20));
+        let active_bytes = reopened.segments().last().map_or(0, |s| s.bytes);
+        // Not closed: its active segment stays marked in use, and its
+        // syncer thread is left idle until the process exits.
+        std::mem::forget(reopened);
+        let t = Instant::now();
+        let reopened = Log::open(&dir, config)?;
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        report.extra.insert(
+            "reopen_unclean_ms".into(),
+            serde_json::json!((ms * 10.0).round() / 10.0),
+        );
+        report
+            .extra
+            .insert("active_mib".into(), serde_json::json!(active_bytes >> 20));
         if args.keep {
             drop(reopened);
         } else {

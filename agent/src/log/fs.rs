@@ -51,8 +51,8 @@ pub trait FileHandle: Send + Sync + Debug {
     fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> io::Result<()>;
     /// Writes all of `buf` at `pos`, growing the file if needed.
     fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()>;
-    /// The file's length.
-    fn len(&self) -> io::Result<u64>;
+    /// The file's length in bytes.
+    fn size(&self) -> io::Result<u64>;
     /// Truncates or extends (with zeros) the file to `len` bytes.
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// fdatasync: makes the data, and the size needed to read it, durable.
@@ -149,7 +149,7 @@ impl FileHandle for RealFile {
         self.0.write_all_at(buf, pos)
     }
 
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
     }
 
@@ -601,7 +601,7 @@ impl FileHandle for SimHandle {
         })
     }
 
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         self.with(|file, _| Ok(file.cache.len() as u64))
     }
 

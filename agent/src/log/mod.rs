@@ -13,6 +13,7 @@ pub mod index;
 pub mod segment;
 mod segments;
 pub mod store;
+mod syncer;
 mod wal;
 
 #[cfg(test)]
@@ -103,7 +104,7 @@ pub(crate) fn open_existing(
     path: &Path,
 ) -> Result<(Arc<dyn fs::FileHandle>, u64)> {
     let file = fs.open(path).at(path)?;
-    let len = file.len().at(path)?;
+    let len = file.size().at(path)?;
     Ok((file, len))
 }
 

@@ -388,10 +388,11 @@ impl Segment {
 }
 
 fn file_len(fs: &dyn FileSystem, path: &Path) -> Result<u64> {
-    fs.open(path).and_then(|f| f.len()).at(path)
+    fs.open(path).and_then(|f| f.size()).at(path)
 }
 
-fn remove_if_exists(fs: &dyn FileSystem, path: &Path) -> Result<()> {
+/// Removes a file; one that is already gone is fine.
+pub(super) fn remove_if_exists(fs: &dyn FileSystem, path: &Path) -> Result<()> {
     match fs.remove(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).at(path),
         _ => Ok(()),

@@ -1,48 +1,32 @@
-//! [`Log`]: ordered segments, dense offsets, group commit, recovery.
+//! [`Log`]: ordered segments and dense offsets, joining the segment set
+//! ([`super::segments`]) and group commit ([`super::syncer`]).
 //!
 //! Locking: `inner` (a `RwLock`) guards the segments; appends hold it for
-//! the write syscall only, reads share it. `sync_io` serialises every sync
-//! of a store that a sync round may also be syncing (rounds, and the seal
-//! of a segment at roll), so that an fsync error one of them consumes is
-//! recorded before the other can report success. `sync` (a `Mutex`) guards
-//! the watermarks. Lock order: `inner`, then `sync_io`, then `sync`; a
-//! round never asks for `inner` while holding `sync_io`, and nothing holds
-//! `sync` while waiting on the `visible` watch.
-//!
-//! Group commit: with `Always`, a syncer thread runs sync rounds back to
-//! back while writes are pending. A round covers everything reported
-//! written when it starts; its fdatasync runs with no lock but `sync_io`
-//! held, on a handle of the active store, while appenders keep writing for
-//! the next round. Blocking appenders wait on the condvar of the round that
-//! covers them (so a round wakes only those it made durable); async
-//! appenders wait on the `visible` watch. Segments that roll over are
-//! synced when sealed, so a sync of the active store covers everything
-//! written before it.
+//! the write syscall only, reads share it. Lock order: `inner`, then the
+//! group commit's locks (see [`super::syncer`]).
 //!
 //! Failure is final: after any write or sync error the log is failed until
 //! reopened (Linux may drop the dirty pages of a failed fsync and report
 //! success to the next one). Nothing unsynced becomes visible, every waiter
 //! gets [`LogError::SyncFailed`], and close does not mark segments clean,
 //! so the next open verifies every record.
-//!
-//! Truncation fences sync rounds: it bumps an epoch, and a round that
-//! started before it publishes nothing, since its target may name offsets
-//! that now hold other, unsynced records.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 
 use tokio::sync::watch;
 use tracing::{error, info};
 
 use super::error::{IoContext, LogError, Result};
-use super::fs::FileSystem;
+use super::fs::{FileHandle, FileSystem};
 use super::segment::{Segment, SegmentLimits};
 use super::segments::{LogReader, SegmentSet};
 use super::store::MAX_RECORD_LEN;
+use super::syncer::{ActiveStore, GroupCommit};
 use super::{LogConfig, SyncPolicy};
+
+pub use super::syncer::SyncStats;
 
 /// Where a batch landed: its first offset and the offset after it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,21 +66,7 @@ struct Shared {
     fs: Arc<dyn FileSystem>,
     config: LogConfig,
     inner: RwLock<Inner>,
-    /// Held across every sync of a store that a round may share.
-    sync_io: Mutex<()>,
-    sync: Mutex<SyncState>,
-    /// `round_done[r % 2]` is signalled when sync round `r` ends. Waiters
-    /// wait on the condvar of the round that will cover them, so a round
-    /// wakes only the appenders it made durable.
-    round_done: [Condvar; 2],
-    /// Wakes the syncer thread: there is work, or it must stop.
-    work: Condvar,
-    /// Next offset readers may not see yet (the visible high watermark).
-    visible: watch::Sender<u64>,
-    /// Mirror of `SyncState::failed` readable without the sync mutex (the
-    /// async waiter checks it while holding the watch's lock, and the
-    /// syncer publishes to the watch while holding the sync mutex).
-    failed: AtomicBool,
+    commit: GroupCommit,
 }
 
 #[derive(Debug)]
@@ -104,39 +74,6 @@ struct Inner {
     segments: SegmentSet,
     buf: Vec<u8>,
     closed: bool,
-}
-
-#[derive(Debug)]
-struct SyncState {
-    /// Next offset after the last written record.
-    written: u64,
-    /// Next offset after the last durable record.
-    synced: u64,
-    written_bytes: u64,
-    synced_bytes: u64,
-    syncing: bool,
-    /// Rounds started since open; the in-flight one is this number.
-    rounds: u64,
-    /// What the in-flight round will make durable (next offset).
-    round_target: u64,
-    /// Bumped by every truncation; a round of an older epoch publishes
-    /// nothing.
-    epoch: u64,
-    failed: bool,
-    /// Tells the syncer thread to exit.
-    stop: bool,
-    stats: SyncStats,
-}
-
-/// Counters of the group commit, for metrics and benchmarks.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SyncStats {
-    /// fdatasync calls made by appenders or the interval syncer.
-    pub syncs: u64,
-    /// Time spent in those calls, in microseconds.
-    pub sync_micros: u64,
-    /// Threads blocked right now waiting for a sync round to cover them.
-    pub waiting: u64,
 }
 
 impl Log {
@@ -154,6 +91,7 @@ impl Log {
         let next = segments.next();
         info!(dir = %dir.display(), segments = segments.sealed().len() + 1,
             lowest = segments.lowest(), next, "log opened");
+        let dir_for_commit = dir.clone();
         let shared = Arc::new(Shared {
             dir,
             fs,
@@ -162,24 +100,7 @@ impl Log {
                 buf: Vec::new(),
                 closed: false,
             }),
-            sync_io: Mutex::new(()),
-            sync: Mutex::new(SyncState {
-                written: next,
-                synced: next,
-                written_bytes: 0,
-                synced_bytes: 0,
-                syncing: false,
-                rounds: 0,
-                round_target: next,
-                epoch: 0,
-                failed: false,
-                stop: false,
-                stats: SyncStats::default(),
-            }),
-            round_done: [Condvar::new(), Condvar::new()],
-            work: Condvar::new(),
-            visible: watch::Sender::new(next),
-            failed: AtomicBool::new(false),
+            commit: GroupCommit::new(dir_for_commit, config.sync, config.max_unsynced_bytes, next),
             config,
         });
         let syncer = match shared.config.sync {
@@ -209,10 +130,11 @@ impl Log {
     /// If an I/O error interrupts a batch, a prefix of it may have been
     /// written; the log then refuses writes until reopened.
     pub fn append_batch<R: AsRef<[u8]>>(&self, records: &[R]) -> Result<u64> {
-        self.shared.wait_for_room()?;
+        let shared = &*self.shared;
+        shared.commit.wait_for_room(shared)?;
         let appended = self.append_batch_nowait(records)?;
-        if self.shared.config.sync == SyncPolicy::Always {
-            self.shared.wait_synced(appended.next)?;
+        if shared.config.sync == SyncPolicy::Always {
+            shared.commit.wait_synced(appended.next, shared)?;
         }
         Ok(appended.first)
     }
@@ -234,26 +156,20 @@ impl Log {
         }
         let shared = &*self.shared;
         if records.is_empty() {
-            let st = shared.lock_sync();
-            if st.failed {
-                return Err(LogError::SyncFailed);
-            }
-            return Ok(Appended {
-                first: st.written,
-                next: st.written,
-            });
+            let next = shared.commit.written_unless_failed()?;
+            return Ok(Appended { first: next, next });
         }
         let (first, next, bytes) = {
             let mut inner = shared.write_inner()?;
             match shared.write_records(&mut inner, records) {
                 Ok(done) => done,
                 Err(e) => {
-                    shared.fail(&mut shared.lock_sync(), &e);
+                    shared.commit.fail(&e);
                     return Err(e);
                 }
             }
         };
-        shared.written(next, bytes);
+        shared.commit.written(next, bytes);
         Ok(Appended { first, next })
     }
 
@@ -261,11 +177,7 @@ impl Log {
     /// (where blocking appends would wait), the next offset written so far:
     /// async callers await [`Log::wait_durable`] on it before writing more.
     pub fn over_unsynced_bound(&self) -> Option<u64> {
-        let st = self.shared.lock_sync();
-        let unsynced = st.written_bytes.saturating_sub(st.synced_bytes);
-        let over = self.shared.config.sync != SyncPolicy::Never
-            && unsynced > self.shared.config.max_unsynced_bytes;
-        over.then_some(st.written)
+        self.shared.commit.over_unsynced_bound()
     }
 
     /// Resolves once every offset below `next` is durable and visible, or
@@ -273,30 +185,19 @@ impl Log {
     /// [`SyncPolicy::Interval`] that is the next interval sync; under
     /// `Never`, at once.
     pub async fn wait_durable(&self, next: u64) -> Result<()> {
-        let mut visible = self.shared.visible.subscribe();
-        let failed = || self.shared.failed.load(Ordering::Acquire);
-        let _ = visible.wait_for(|v| failed() || *v >= next).await;
-        if failed() {
-            Err(LogError::SyncFailed)
-        } else if *visible.borrow() >= next {
-            Ok(())
-        } else {
-            Err(LogError::Closed)
-        }
+        self.shared.commit.wait_durable(next).await
     }
 
     /// Makes every record written so far durable and visible, whatever the
     /// policy.
     pub fn sync(&self) -> Result<()> {
-        let shared = &*self.shared;
-        let target = shared.lock_sync().written;
-        shared.wait_synced(target)
+        self.shared.commit.sync_all_written(&*self.shared)
     }
 
     /// Reads the record at `offset`. Offsets below the lowest retained one
     /// or not yet visible are [`LogError::OffsetOutOfRange`].
     pub fn read(&self, offset: u64) -> Result<Vec<u8>> {
-        if offset >= *self.shared.visible.borrow() {
+        if offset >= self.shared.commit.visible() {
             return Err(LogError::OffsetOutOfRange { offset });
         }
         self.read_unsynced(offset)
@@ -315,13 +216,13 @@ impl Log {
 
     /// Group-commit counters since open.
     pub fn sync_stats(&self) -> SyncStats {
-        self.shared.lock_sync().stats
+        self.shared.commit.stats()
     }
 
     /// Whether a write or sync failed: the log then refuses writes and
     /// makes nothing more visible until it is reopened and recovered.
     pub fn is_failed(&self) -> bool {
-        self.shared.failed.load(Ordering::Acquire)
+        self.shared.commit.is_failed()
     }
 
     /// The segments, oldest first: what retention decides on.
@@ -354,18 +255,18 @@ impl Log {
     /// Offset the next appended record will get (written, maybe not yet
     /// durable).
     pub fn written_offset(&self) -> u64 {
-        self.shared.lock_sync().written
+        self.shared.commit.written_offset()
     }
 
     /// Offset the next visible record will have: the visible high watermark.
     pub fn next_offset(&self) -> u64 {
-        *self.shared.visible.borrow()
+        self.shared.commit.visible()
     }
 
     /// A receiver of the visible high watermark (next offset), updated as
     /// records become visible: consumers at the end of the log wait on it.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.shared.visible.subscribe()
+        self.shared.commit.subscribe()
     }
 
     /// Removes whole segments whose records all lie below `lowest`; the
@@ -389,7 +290,7 @@ impl Log {
             }
             Ok(inner.segments.lowest())
         })();
-        shared.fail_on_error(result)
+        shared.commit.fail_on_error(result)
     }
 
     /// Removes every record after `after` (Raft replaces conflicting tails
@@ -425,9 +326,9 @@ impl Log {
             }
             inner.segments.active_mut().truncate_after(after)
         })();
-        shared.fail_on_error(result)?;
+        shared.commit.fail_on_error(result)?;
         drop(inner);
-        shared.truncated(next, false);
+        shared.commit.truncated(next, false);
         Ok(())
     }
 
@@ -439,9 +340,9 @@ impl Log {
         let shared = &*self.shared;
         let mut inner = shared.write_inner()?;
         let result = shared.replace_all(&mut inner, initial_offset);
-        shared.fail_on_error(result)?;
+        shared.commit.fail_on_error(result)?;
         drop(inner);
-        shared.truncated(initial_offset, true);
+        shared.commit.truncated(initial_offset, true);
         Ok(())
     }
 
@@ -459,8 +360,7 @@ impl Log {
     /// verifies every record) and reports [`LogError::SyncFailed`].
     pub fn close(&self) -> Result<()> {
         if let Some(handle) = self.syncer.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            self.shared.lock_sync().stop = true;
-            self.shared.work.notify_all();
+            self.shared.commit.stop();
             let _ = handle.join();
         }
         let shared = &*self.shared;
@@ -469,25 +369,21 @@ impl Log {
             return Ok(());
         }
         inner.closed = true;
-        let io = shared.lock_io();
-        if shared.lock_sync().failed {
+        let io = shared.commit.lock_io();
+        if shared.commit.is_failed() {
             drop(io);
-            shared.wake_all();
+            shared.commit.closed(inner.segments.next());
             return Err(LogError::SyncFailed);
         }
         let sealed = inner.segments.active_mut().seal();
-        let mut st = shared.lock_sync();
         drop(io);
         match sealed {
             Ok(()) => {
-                let next = inner.segments.next();
-                st.synced = st.synced.max(next);
-                shared.visible.send_replace(next);
-                shared.round_done.iter().for_each(Condvar::notify_all);
+                shared.commit.closed(inner.segments.next());
                 Ok(())
             }
             Err(e) => {
-                shared.fail(&mut st, &e);
+                shared.commit.fail(&e);
                 Err(e)
             }
         }
@@ -527,49 +423,14 @@ impl Shared {
         if inner.closed {
             return Err(LogError::Closed);
         }
-        if self.lock_sync().failed {
+        if self.commit.is_failed() {
             return Err(LogError::SyncFailed);
         }
         Ok(inner)
     }
 
-    fn lock_sync(&self) -> MutexGuard<'_, SyncState> {
-        self.sync.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn lock_io(&self) -> MutexGuard<'_, ()> {
-        self.sync_io.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn sync_dir(&self) -> Result<()> {
         self.fs.sync_dir(&self.dir).at(&self.dir)
-    }
-
-    /// Marks the log failed for good and wakes every waiter, blocking or
-    /// async, so none waits for a round that will never come.
-    fn fail(&self, st: &mut SyncState, cause: &LogError) {
-        if !st.failed {
-            error!(dir = %self.dir.display(), error = %cause,
-                "write or sync failed; the log refuses writes until it is reopened");
-        }
-        st.failed = true;
-        self.failed.store(true, Ordering::Release);
-        self.wake_all();
-    }
-
-    fn wake_all(&self) {
-        self.round_done.iter().for_each(Condvar::notify_all);
-        self.work.notify_all();
-        self.visible.send_modify(|_| {});
-    }
-
-    /// Fails the log if `result` is an error (a truncation interrupted
-    /// half way leaves files and memory out of step).
-    fn fail_on_error<T>(&self, result: Result<T>) -> Result<T> {
-        if let Err(e) = &result {
-            self.fail(&mut self.lock_sync(), e);
-        }
-        result
     }
 
     /// Removes every segment (each removal durable) and creates an empty
@@ -584,8 +445,8 @@ impl Shared {
         }
         for (base, store) in old.iter().rev() {
             let index = super::segment::index_path(&self.dir, *base);
-            remove_if_exists(&*self.fs, &index)?;
-            remove_if_exists(&*self.fs, store)?;
+            super::segment::remove_if_exists(&*self.fs, &index)?;
+            super::segment::remove_if_exists(&*self.fs, store)?;
             self.sync_dir()?;
         }
         let fresh = Segment::create(&self.fs, &self.dir, base, self.limits())?;
@@ -613,11 +474,11 @@ impl Shared {
             if n == 0 {
                 let base = segments.next();
                 {
-                    // A round may be syncing this store: see `sync_io`.
-                    let _io = self.lock_io();
+                    // A round may be syncing this store: see the syncer.
+                    let _io = self.commit.lock_io();
                     let sealed = segments.active_mut().seal();
                     if let Err(e) = sealed {
-                        self.fail(&mut self.lock_sync(), &e);
+                        self.commit.fail(&e);
                         return Err(e);
                     }
                 }
@@ -632,188 +493,21 @@ impl Shared {
         }
         Ok((first, segments.next(), bytes))
     }
+}
 
-    /// Records a write up to `next` and applies the policy: wake the
-    /// syncer (always), or make it visible at once (never).
-    fn written(&self, next: u64, bytes: u64) {
-        let mut st = self.lock_sync();
-        st.written = st.written.max(next);
-        st.written_bytes += bytes;
-        match self.config.sync {
-            SyncPolicy::Always if !st.syncing => self.work.notify_one(),
-            SyncPolicy::Always | SyncPolicy::Interval(_) => {}
-            SyncPolicy::Never => {
-                if !st.failed {
-                    self.visible.send_if_modified(|v| {
-                        let grew = next > *v;
-                        *v = (*v).max(next);
-                        grew
-                    });
-                }
-            }
-        }
-    }
-
-    /// Blocks until offsets below `target` are durable.
-    fn wait_synced(&self, target: u64) -> Result<()> {
-        let mut st = self.lock_sync();
-        loop {
-            if st.failed {
-                return Err(LogError::SyncFailed);
-            }
-            if st.synced >= target {
-                return Ok(());
-            }
-            st = self.step_toward_sync(st, target);
-        }
-    }
-
-    /// Waits for the sync round that covers `target`, or runs it. With
-    /// `Always` the syncer thread runs rounds, so appenders keep writing
-    /// while one is in flight; otherwise the caller runs one when none is
-    /// in flight, and else waits for the one in flight to end and looks
-    /// again (with no syncer thread, nobody else would run the next one).
-    fn step_toward_sync<'a>(
-        &'a self,
-        mut st: MutexGuard<'a, SyncState>,
-        target: u64,
-    ) -> MutexGuard<'a, SyncState> {
-        let always = self.config.sync == SyncPolicy::Always && !st.stop;
-        if !st.syncing && !always {
-            return self.sync_round(st);
-        }
-        let covering = if st.syncing && (target <= st.round_target || !always) {
-            st.rounds
-        } else {
-            if !st.syncing {
-                self.work.notify_one();
-            }
-            st.rounds + 1
-        };
-        st.stats.waiting += 1;
-        let mut st = self.round_done[(covering % 2) as usize]
-            .wait(st)
-            .unwrap_or_else(|e| e.into_inner());
-        st.stats.waiting -= 1;
-        st
-    }
-
-    /// Backpressure: waits while more than `max_unsynced_bytes` are
-    /// written but not synced.
-    fn wait_for_room(&self) -> Result<()> {
-        if self.config.sync == SyncPolicy::Never {
-            return Ok(());
-        }
-        let mut st = self.lock_sync();
-        while st.written_bytes.saturating_sub(st.synced_bytes) > self.config.max_unsynced_bytes {
-            if st.failed {
-                return Err(LogError::SyncFailed);
-            }
-            let target = st.written;
-            st = self.step_toward_sync(st, target);
-        }
-        Ok(())
-    }
-
-    /// One group-commit round: everything reported written so far is
-    /// covered. Records before `written` are either in the active store
-    /// (fetched after deciding the target) or in a segment that was synced
-    /// when it was sealed. The fdatasync runs with only `sync_io` held; the
-    /// round publishes only if the log has not failed and no truncation
-    /// happened meanwhile.
-    fn sync_round<'a>(&'a self, mut st: MutexGuard<'a, SyncState>) -> MutexGuard<'a, SyncState> {
-        let (target, bytes, epoch) = (st.written, st.written_bytes, st.epoch);
-        st.syncing = true;
-        st.rounds += 1;
-        st.round_target = target;
-        let round = st.rounds;
-        drop(st);
-        let (file, path) = {
-            let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
-            let active = inner.segments.active();
-            (active.sync_handle(), active.store_file().to_path_buf())
-        };
-        let io = self.lock_io();
-        let started = std::time::Instant::now();
-        let result = file.sync_data().at(&path);
-        let took = started.elapsed();
-        let mut st = self.lock_sync();
-        drop(io);
-        st.syncing = false;
-        st.stats.syncs += 1;
-        st.stats.sync_micros += took.as_micros() as u64;
-        match result {
-            Ok(()) if !st.failed && st.epoch == epoch => {
-                if target > st.synced {
-                    st.synced = target;
-                    self.visible.send_replace(target);
-                }
-                st.synced_bytes = st.synced_bytes.max(bytes);
-            }
-            Ok(()) => {}
-            Err(e) => self.fail(&mut st, &e),
-        }
-        self.round_done[(round % 2) as usize].notify_all();
-        st
-    }
-
-    /// After a truncation or reset: nothing at or past `next` exists
-    /// anymore, and rounds in flight publish nothing.
-    fn truncated(&self, next: u64, reset: bool) {
-        let mut st = self.lock_sync();
-        st.epoch += 1;
-        st.written = if reset { next } else { st.written.min(next) };
-        st.synced = if reset { next } else { st.synced.min(next) };
-        st.synced_bytes = st.written_bytes;
-        self.visible.send_if_modified(|v| {
-            let changed = if reset { *v != next } else { *v > next };
-            if changed {
-                *v = next;
-            }
-            changed
-        });
-        self.round_done.iter().for_each(Condvar::notify_all);
+impl ActiveStore for Shared {
+    fn active_store(&self) -> (Arc<dyn FileHandle>, PathBuf) {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        let active = inner.segments.active();
+        (active.sync_handle(), active.store_file().to_path_buf())
     }
 }
 
-fn remove_if_exists(fs: &dyn FileSystem, path: &Path) -> Result<()> {
-    match fs.remove(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).at(path),
-        _ => Ok(()),
-    }
-}
-
-/// The syncer thread: with `Always` it syncs back to back while writes
-/// are pending (appenders keep writing during a sync and share the next
-/// one); with `Interval` it syncs pending writes once per interval.
+/// Starts the thread that runs sync rounds (see [`GroupCommit::run`]).
 fn spawn_syncer(shared: Arc<Shared>) -> Result<JoinHandle<()>> {
     let dir = shared.dir.clone();
     std::thread::Builder::new()
         .name("proglog-syncer".into())
-        .spawn(move || {
-            let mut st = shared.lock_sync();
-            loop {
-                if st.stop {
-                    return;
-                }
-                let pending = st.written > st.synced && !st.syncing && !st.failed;
-                st = match shared.config.sync {
-                    SyncPolicy::Always if pending => shared.sync_round(st),
-                    SyncPolicy::Interval(every) => {
-                        let (st, _) = shared
-                            .work
-                            .wait_timeout(st, every)
-                            .unwrap_or_else(|e| e.into_inner());
-                        let pending = st.written > st.synced && !st.syncing && !st.failed;
-                        if pending && !st.stop {
-                            shared.sync_round(st)
-                        } else {
-                            st
-                        }
-                    }
-                    _ => shared.work.wait(st).unwrap_or_else(|e| e.into_inner()),
-                };
-            }
-        })
+        .spawn(move || shared.commit.run(&*shared))
         .at(&dir)
 }
