@@ -290,9 +290,16 @@ impl Agent {
             || new.rpc_port != old.rpc_port
             || new.bind_addr != old.bind_addr
             || new.unix_socket != old.unix_socket
-            || new.sync != old.sync;
+            || new.sync != old.sync
+            || new.sync_interval_ms != old.sync_interval_ms
+            || new.produce_timeout != old.produce_timeout
+            || new.max_producers != old.max_producers
+            || new.snapshot_threshold_bytes != old.snapshot_threshold_bytes;
         if restart_only {
-            warn!("some changed settings (addresses, data dir, sync) take effect on restart");
+            warn!(
+                "some changed settings (addresses, data dir, sync, produce_timeout, \
+                 max_producers, snapshot_threshold_bytes) take effect on restart"
+            );
         }
         self.config.store(Arc::new(applied));
     }

@@ -4,6 +4,8 @@
 // figment's Jail returns its own (large) error type; that is its API.
 #![allow(clippy::result_large_err)]
 
+use std::time::Duration;
+
 use figment::Jail;
 
 use super::{AgentFlags, Config};
@@ -35,6 +37,7 @@ fn file_then_env_then_flags_take_precedence() {
         assert_eq!(config.max_record_bytes, 10, "file beats default");
         assert_eq!(config.log_level, "debug");
         assert_eq!(config.unix_socket_mode, "0660", "default stays");
+        assert_eq!(config.produce_timeout().unwrap(), Duration::from_secs(5));
         Ok(())
     });
 }
@@ -135,6 +138,27 @@ fn validation_names_the_key_and_reason() {
                     ..dev_flags()
                 },
                 "log_level",
+            ),
+            (
+                AgentFlags {
+                    produce_timeout: Some("0s".into()),
+                    ..dev_flags()
+                },
+                "produce_timeout",
+            ),
+            (
+                AgentFlags {
+                    produce_timeout: Some("soon".into()),
+                    ..dev_flags()
+                },
+                "produce_timeout",
+            ),
+            (
+                AgentFlags {
+                    max_producers: Some(0),
+                    ..dev_flags()
+                },
+                "max_producers",
             ),
             (
                 AgentFlags {
