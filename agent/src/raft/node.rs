@@ -141,6 +141,9 @@ pub const MAX_PAYLOAD_ENTRIES: u64 = 16;
 const FAILURE_CHECK: Duration = Duration::from_millis(100);
 /// How often the snapshot-by-bytes loop measures.
 const SNAPSHOT_CHECK: Duration = Duration::from_secs(1);
+/// How long the snapshot-by-bytes loop waits for a snapshot it asked for
+/// before it asks again.
+const SNAPSHOT_RETRY: Duration = Duration::from_secs(60);
 
 fn queue_full() -> CommitError {
     CommitError::Unavailable("the proposal queue stayed full past produce_timeout".into())
@@ -536,7 +539,9 @@ async fn snapshot_size_loop(
 ) {
     let mut last = raft.metrics().borrow().snapshot;
     let mut since = end_mark(&sm.data().segments());
-    let mut triggered = false;
+    // When this loop last asked for a snapshot that has not arrived yet
+    // (asked again after a while, in case that build failed).
+    let mut triggered: Option<Instant> = None;
     let mut tick = tokio::time::interval(SNAPSHOT_CHECK);
     loop {
         tokio::select! {
@@ -547,14 +552,15 @@ async fn snapshot_size_loop(
         let snapshot = raft.metrics().borrow().snapshot;
         if snapshot != last {
             // A snapshot was built or installed: count from here.
-            (last, since, triggered) = (snapshot, end_mark(&segments), false);
+            (last, since, triggered) = (snapshot, end_mark(&segments), None);
             continue;
         }
-        if !triggered && bytes_since(&segments, since) >= threshold {
+        let waiting = triggered.is_some_and(|at| at.elapsed() < SNAPSHOT_RETRY);
+        if !waiting && bytes_since(&segments, since) >= threshold {
             if raft.trigger().snapshot().await.is_err() {
                 return;
             }
-            triggered = true;
+            triggered = Some(Instant::now());
             info!(
                 threshold,
                 "snapshot triggered by the bytes applied since the last"

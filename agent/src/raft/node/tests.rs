@@ -307,3 +307,22 @@ async fn after_a_failed_write_the_node_stops_for_good_and_refuses_produces() {
     assert!(started.elapsed() < Duration::from_secs(3));
     let _ = node.shutdown().await;
 }
+
+#[test]
+fn bytes_since_a_mark_count_later_segments_and_survive_retention() {
+    let seg = |base, bytes| SegmentInfo {
+        base,
+        next: base + 10,
+        bytes,
+        modified: None,
+    };
+    let at_mark = [seg(0, 100), seg(10, 40)];
+    let mark = end_mark(&at_mark);
+    assert_eq!(bytes_since(&at_mark, mark), 0);
+    let grown = [seg(0, 100), seg(10, 100), seg(20, 70)];
+    assert_eq!(bytes_since(&grown, mark), 60 + 70);
+    // Retention dropped the marked segment: counted low, never wrapped.
+    let retained = [seg(20, 70)];
+    assert_eq!(bytes_since(&retained, mark), 30);
+    assert_eq!(bytes_since(&[], mark), 0);
+}
