@@ -405,6 +405,27 @@ async fn after_a_failed_sync_produce_fails_without_hanging_and_health_is_not_ser
 }
 
 #[tokio::test]
+async fn produce_without_a_cluster_is_unavailable_after_produce_timeout() {
+    let node = Node::start(|c| {
+        c.bootstrap = false;
+        c.produce_timeout = "300ms".into();
+    })
+    .await;
+    let mut c = node.client("root").await;
+    let answer = tokio::time::timeout(Duration::from_secs(20), c.produce("x"))
+        .await
+        .expect("produce answered by its deadline");
+    assert_eq!(code(answer), Code::Unavailable);
+    let batch = tokio::time::timeout(
+        Duration::from_secs(20),
+        c.produce_batch(vec![b"y".to_vec()]),
+    )
+    .await
+    .expect("produce answered by its deadline");
+    assert_eq!(code(batch), Code::Unavailable);
+}
+
+#[tokio::test]
 async fn abandoned_streams_leave_no_task_behind() {
     let node = Node::start(|_| {}).await;
     let mut c = node.client("root").await;
