@@ -15,10 +15,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::Server;
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
-use crate::log::LogError;
+use crate::log::fs::{FileSystem, RealFs};
+use crate::log::{LogConfig, LogError};
 use crate::raft::{NodeError, NodeSettings, RaftNode};
 use crate::server::auth::{AclError, Authorizer};
 use crate::server::LogService;
@@ -85,15 +89,31 @@ impl Agent {
         config: Config,
         log_level: Option<LogLevelHook>,
     ) -> Result<Agent, AgentError> {
+        Agent::start_on(config, log_level, Arc::new(RealFs)).await
+    }
+
+    /// [`Agent::start`] with the WAL files (Raft log and data log) on `fs`:
+    /// tests pass a simulated disk that fails writes or syncs on demand.
+    pub(crate) async fn start_on(
+        config: Config,
+        log_level: Option<LogLevelHook>,
+        fs: Arc<dyn FileSystem>,
+    ) -> Result<Agent, AgentError> {
         tls::install_crypto_provider();
         let lock = lock_data_dir(&config.data_dir)?;
         let node = RaftNode::start(NodeSettings {
             dir: config.data_dir.clone(),
             name: config.node_name.clone(),
-            log: config.log_config(),
+            log: LogConfig {
+                fs,
+                ..config.log_config()
+            },
             snapshot_threshold: config.snapshot_threshold,
+            snapshot_threshold_bytes: config.snapshot_threshold_bytes,
             retention_bytes: config.retention_bytes,
             retention_age: config.retention_age().expect("validated"),
+            produce_timeout: config.produce_timeout().expect("validated"),
+            max_producers: config.max_producers,
         })
         .await?;
         let (auth, tls) = if config.dev {
@@ -138,6 +158,10 @@ impl Agent {
             Arc::clone(&max_record_bytes),
             cancel.clone(),
         );
+        // One health service for every transport, so one reporter flips
+        // them all when the node fails.
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter.set_serving::<LogServer<LogService>>().await;
         let agent = Agent {
             config: ArcSwap::from_pointee(config),
             node,
@@ -150,31 +174,41 @@ impl Agent {
             log_level,
             _lock: lock,
         };
+        agent.tasks.spawn(report_failure(
+            agent.node.failure_watch(),
+            reporter,
+            agent.cancel.clone(),
+        ));
         match &agent.tls {
-            Some(tls) => {
-                agent
-                    .serve(
-                        TlsTcp {
-                            listener,
-                            tls: Arc::clone(tls),
-                        },
-                        service.clone(),
-                    )
-                    .await
-            }
-            None => agent.serve(PlainTcp { listener }, service.clone()).await,
+            Some(tls) => agent.serve(
+                TlsTcp {
+                    listener,
+                    tls: Arc::clone(tls),
+                },
+                service.clone(),
+                health.clone(),
+            ),
+            None => agent.serve(PlainTcp { listener }, service.clone(), health.clone()),
         }
         if let Some(unix) = unix {
             info!(path = %unix.path.display(), "serving on unix socket");
-            agent.serve(unix, service).await;
+            agent.serve(unix, service, health);
         }
-        info!(addr = %rpc_addr, node = %agent.config.load().node_name, "serving log.v1.Log");
+        info!(
+            addr = %rpc_addr,
+            node = %agent.config.load().node_name,
+            cluster_id = ?agent.node.cluster_id(),
+            "serving log.v1.Log"
+        );
         Ok(agent)
     }
 
-    async fn serve<T: Transport>(&self, transport: T, service: LogService) {
-        let (reporter, health) = tonic_health::server::health_reporter();
-        reporter.set_serving::<LogServer<LogService>>().await;
+    fn serve<T: Transport, H: Health>(
+        &self,
+        transport: T,
+        service: LogService,
+        health: HealthServer<H>,
+    ) {
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proglog_proto::FILE_DESCRIPTOR_SET)
             .build_v1()
@@ -256,9 +290,16 @@ impl Agent {
             || new.rpc_port != old.rpc_port
             || new.bind_addr != old.bind_addr
             || new.unix_socket != old.unix_socket
-            || new.sync != old.sync;
+            || new.sync != old.sync
+            || new.sync_interval_ms != old.sync_interval_ms
+            || new.produce_timeout != old.produce_timeout
+            || new.max_producers != old.max_producers
+            || new.snapshot_threshold_bytes != old.snapshot_threshold_bytes;
         if restart_only {
-            warn!("some changed settings (addresses, data dir, sync) take effect on restart");
+            warn!(
+                "some changed settings (addresses, data dir, sync, produce_timeout, \
+                 max_producers, snapshot_threshold_bytes) take effect on restart"
+            );
         }
         self.config.store(Arc::new(applied));
     }
@@ -294,6 +335,27 @@ impl Agent {
         self.node.shutdown().await?;
         info!("raft stopped; log closed");
         Ok(())
+    }
+}
+
+/// Turns health (the server as a whole and `log.v1.Log`) to NOT_SERVING
+/// once the node fails for good: a failed write or sync, or openraft
+/// stopping on a storage error. Only a restart brings it back.
+async fn report_failure(
+    mut failure: tokio::sync::watch::Receiver<Option<String>>,
+    reporter: HealthReporter,
+    cancel: CancellationToken,
+) {
+    let failed = tokio::select! {
+        _ = cancel.cancelled() => return,
+        failed = failure.wait_for(Option::is_some) => failed.map(|f| f.clone()),
+    };
+    if let Ok(Some(why)) = failed {
+        error!(reason = %why, "health: NOT_SERVING until restarted");
+        reporter.set_not_serving::<LogServer<LogService>>().await;
+        reporter
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
     }
 }
 

@@ -193,6 +193,9 @@ fn run_agent(flags: AgentFlags) -> ExitCode {
         }
     };
     let hook = init_tracing(&config.log_level, config.log_format);
+    for name in proglog_agent::config::ignored_env_vars() {
+        tracing::warn!(variable = %name, "ignoring an environment variable that names no config key");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -121,6 +121,21 @@ pub struct AgentFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot_threshold: Option<u64>,
+    /// Record bytes since the last snapshot that trigger a new one, e.g.
+    /// 512MiB (default 512MiB; 0: only --snapshot-threshold counts).
+    #[arg(long, value_parser = parse_bytes)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_threshold_bytes: Option<u64>,
+    /// How long a produce may wait for its commit before UNAVAILABLE, e.g.
+    /// 5s (default 5s).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub produce_timeout: Option<String>,
+    /// Idempotent producers remembered, least recently used out (default
+    /// 100000).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_producers: Option<u64>,
     /// Keep at most this many bytes of records, e.g. 10GiB (default 0: no
     /// limit).
     #[arg(long, value_parser = parse_bytes)]

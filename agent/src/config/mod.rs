@@ -107,6 +107,15 @@ pub struct Config {
     pub segment_max_index_bytes: u64,
     /// Raft entries applied since the last snapshot that trigger a new one.
     pub snapshot_threshold: u64,
+    /// Record bytes applied since the last snapshot that trigger a new one
+    /// (0: only `snapshot_threshold` counts).
+    pub snapshot_threshold_bytes: u64,
+    /// How long a produce may wait (queue and commit) before UNAVAILABLE,
+    /// e.g. "5s".
+    pub produce_timeout: String,
+    /// Idempotent producers remembered, least recently used out. The
+    /// leader replicates its value, so every node keeps the same ones.
+    pub max_producers: u64,
     /// Keep at most this many bytes of records (0: no limit); the leader
     /// drops the oldest whole segments on every node.
     pub retention_bytes: u64,
@@ -145,6 +154,9 @@ impl Default for Config {
             segment_max_store_bytes: log.max_store_bytes,
             segment_max_index_bytes: log.max_index_bytes,
             snapshot_threshold: 100_000,
+            snapshot_threshold_bytes: 512 << 20,
+            produce_timeout: "5s".into(),
+            max_producers: crate::raft::producers::DEFAULT_MAX_PRODUCERS,
             retention_bytes: 0,
             retention_age: "0s".into(),
         }
@@ -163,7 +175,8 @@ fn invalid(key: &str, value: impl std::fmt::Display, reason: &str) -> ConfigErro
 impl Config {
     /// Merges defaults, the TOML file (flag `--config-file` or env
     /// `PROGLOG_CONFIG_FILE`), `PROGLOG_*` variables and the flags, then
-    /// validates the result.
+    /// validates the result. An unknown key in the file is an error; an
+    /// unknown `PROGLOG_*` variable is ignored (see [`ignored_env_vars`]).
     pub fn load(flags: &AgentFlags) -> Result<Config, ConfigError> {
         let file = flags
             .config_file
@@ -176,8 +189,12 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(file));
         }
+        // Only variables that name a key: scripts and the CLI have
+        // `PROGLOG_*` variables of their own (see [`ignored_env_vars`]).
+        let keys = keys();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         let figment = figment
-            .merge(Env::prefixed("PROGLOG_").ignore(&["config_file"]))
+            .merge(Env::prefixed(ENV_PREFIX).only(&keys))
             .merge(Serialized::defaults(flags));
         let config: Config = figment
             .extract()
@@ -226,6 +243,10 @@ impl Config {
         self.retention_age()?;
         if self.snapshot_threshold == 0 {
             return Err(invalid("snapshot_threshold", 0, "must be at least 1"));
+        }
+        self.produce_timeout()?;
+        if self.max_producers == 0 {
+            return Err(invalid("max_producers", 0, "must be at least 1"));
         }
         if self.sync == SyncMode::Interval && self.sync_interval_ms == 0 {
             return Err(invalid(
@@ -285,6 +306,20 @@ impl Config {
         Ok((!age.is_zero()).then_some(age))
     }
 
+    /// How long a produce may take before UNAVAILABLE (positive).
+    pub fn produce_timeout(&self) -> Result<Duration, ConfigError> {
+        let timeout = crate::units::parse_duration(&self.produce_timeout)
+            .map_err(|e| invalid("produce_timeout", &self.produce_timeout, &e))?;
+        if timeout.is_zero() {
+            return Err(invalid(
+                "produce_timeout",
+                &self.produce_timeout,
+                "must be positive",
+            ));
+        }
+        Ok(timeout)
+    }
+
     /// The Unix socket's file mode.
     pub fn unix_mode(&self) -> Result<u32, ConfigError> {
         u32::from_str_radix(self.unix_socket_mode.trim_start_matches("0o"), 8)
@@ -321,6 +356,33 @@ impl Config {
             ..LogConfig::default()
         }
     }
+}
+
+/// Prefix of the environment variables that set config keys.
+const ENV_PREFIX: &str = "PROGLOG_";
+
+/// The config keys, snake_case, as the TOML file and `PROGLOG_*` name them.
+fn keys() -> Vec<String> {
+    match serde_json::to_value(Config::default()) {
+        Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `PROGLOG_*` environment variables that name no config key (such as a
+/// wrapper's `PROGLOG_BIN`): [`Config::load`] ignores them rather than
+/// failing, and the agent warns about each at start, since a misspelt key
+/// would otherwise go unnoticed. `PROGLOG_CONFIG_FILE` is known.
+pub fn ignored_env_vars() -> Vec<String> {
+    let keys = keys();
+    let mut ignored: Vec<String> = Env::prefixed(ENV_PREFIX)
+        .iter()
+        .map(|(key, _)| key.as_str().to_string())
+        .filter(|key| key != "config_file" && !keys.iter().any(|k| k == key))
+        .map(|key| format!("{ENV_PREFIX}{}", key.to_ascii_uppercase()))
+        .collect();
+    ignored.sort();
+    ignored
 }
 
 /// Turns a figment error into one line naming the key, the value and where

@@ -4,6 +4,8 @@
 // figment's Jail returns its own (large) error type; that is its API.
 #![allow(clippy::result_large_err)]
 
+use std::time::Duration;
+
 use figment::Jail;
 
 use super::{AgentFlags, Config};
@@ -35,6 +37,7 @@ fn file_then_env_then_flags_take_precedence() {
         assert_eq!(config.max_record_bytes, 10, "file beats default");
         assert_eq!(config.log_level, "debug");
         assert_eq!(config.unix_socket_mode, "0660", "default stays");
+        assert_eq!(config.produce_timeout().unwrap(), Duration::from_secs(5));
         Ok(())
     });
 }
@@ -49,6 +52,30 @@ fn an_unknown_key_is_named() {
         };
         let err = Config::load(&flags).unwrap_err().to_string();
         assert!(err.contains("rpc_prot"), "{err}");
+        Ok(())
+    });
+}
+
+#[test]
+fn unknown_env_variables_are_ignored_and_reported_but_unknown_file_keys_fail() {
+    Jail::expect_with(|jail| {
+        jail.set_env("PROGLOG_BIN", "/usr/local/bin/proglog");
+        jail.set_env("PROGLOG_ADDR", "127.0.0.1:8400");
+        jail.set_env("PROGLOG_RPC_PORT", "2222");
+        let config = Config::load(&dev_flags()).map_err(|e| e.to_string())?;
+        assert_eq!(config.rpc_port, 2222, "known variables still apply");
+        assert_eq!(
+            super::ignored_env_vars(),
+            vec!["PROGLOG_ADDR".to_string(), "PROGLOG_BIN".to_string()]
+        );
+
+        jail.create_file("proglog.toml", "dev = true\nbin = \"x\"\n")?;
+        let flags = AgentFlags {
+            config_file: Some("proglog.toml".into()),
+            ..AgentFlags::default()
+        };
+        let err = Config::load(&flags).unwrap_err().to_string();
+        assert!(err.contains("bin"), "{err}");
         Ok(())
     });
 }
@@ -111,6 +138,27 @@ fn validation_names_the_key_and_reason() {
                     ..dev_flags()
                 },
                 "log_level",
+            ),
+            (
+                AgentFlags {
+                    produce_timeout: Some("0s".into()),
+                    ..dev_flags()
+                },
+                "produce_timeout",
+            ),
+            (
+                AgentFlags {
+                    produce_timeout: Some("soon".into()),
+                    ..dev_flags()
+                },
+                "produce_timeout",
+            ),
+            (
+                AgentFlags {
+                    max_producers: Some(0),
+                    ..dev_flags()
+                },
+                "max_producers",
             ),
             (
                 AgentFlags {

@@ -32,6 +32,8 @@ pub struct LogStore {
     log: Arc<Log>,
     meta_path: PathBuf,
     meta: Arc<Mutex<Meta>>,
+    /// Entries count as flushed once written (`--sync interval|never`).
+    ack_on_write: bool,
 }
 
 const META_FILE: &str = "raft-meta.json";
@@ -39,14 +41,15 @@ const META_FILE: &str = "raft-meta.json";
 const MAX_HOLE: u64 = 1 << 20;
 
 impl LogStore {
-    /// Opens the Raft log in `dir` (entries in `dir/entries`). The sync
-    /// policy is always [`SyncPolicy::Always`]: Raft acknowledges only
-    /// durable entries.
+    /// Opens the Raft log in `dir` (entries in `dir/entries`) with the
+    /// sync policy of `config` (the agent's `--sync`): with
+    /// [`SyncPolicy::Always`] Raft hears of an entry once it is durable;
+    /// otherwise once it is written, which a power loss can take back.
     pub fn open(dir: &Path, config: LogConfig) -> Result<LogStore, LogError> {
+        let ack_on_write = config.sync != SyncPolicy::Always;
         let log = Log::open(
             dir.join("entries"),
             LogConfig {
-                sync: SyncPolicy::Always,
                 initial_offset: 0,
                 ..config
             },
@@ -70,6 +73,7 @@ impl LogStore {
             log: Arc::new(log),
             meta_path,
             meta: Arc::new(Mutex::new(meta)),
+            ack_on_write,
         })
     }
 
@@ -272,6 +276,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         encoded.extend(entries.iter().map(codec::encode));
         let appended = self.log.append_batch_nowait(&encoded).map_err(write_err)?;
+        if self.ack_on_write {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        }
         let log = Arc::clone(&self.log);
         // The flush callback fires when a sync covers these entries: one
         // fsync serves every append that arrived meanwhile.

@@ -48,8 +48,9 @@ pub enum Request {
         records: Vec<Vec<u8>>,
         /// Idempotent producer identity and sequence, if any.
         producer: Option<(String, u64)>,
-        /// Leader's wall clock when proposing, in ms: the state machine's
-        /// notion of "now" (for producer TTLs), identical on every node.
+        /// The leader's wall clock when it proposed the entry, in ms. The
+        /// producer table's clock is the largest value applied (monotonic,
+        /// the same on every node); it measures producer idleness.
         at_ms: u64,
     },
     /// Several client appends in one entry, applied in order (the node
@@ -60,6 +61,15 @@ pub enum Request {
     Retain {
         /// The new lowest offset.
         lowest: u64,
+    },
+    /// Bound the producer table to `max` producers on every node (the
+    /// leader proposes its `max_producers` when it takes office), least
+    /// recently used out. A command rather than local config, so that
+    /// every node evicts the same producers. Appended last: entries are
+    /// bincode, which numbers variants.
+    ProducerLimit {
+        /// The most producers remembered.
+        max: u64,
     },
 }
 

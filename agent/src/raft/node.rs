@@ -1,12 +1,18 @@
 //! [`RaftNode`]: one Raft member over our log store and state machine,
 //! serving the gRPC service's [`CommitLog`]. Produce goes through Raft;
 //! reads serve applied records only.
+//!
+//! Background tasks of a node: the propose loop (group commit into Raft
+//! entries, bounded in requests and bytes, every produce under a
+//! deadline), the failure watch (a storage failure stops the node for
+//! good), the leader's producer-bound and retention proposals, and the
+//! snapshot-by-bytes trigger.
 
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError};
@@ -18,16 +24,14 @@ use openraft::raft::{
 use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, Raft, SnapshotPolicy};
 use proglog_proto::Server;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{error, info, warn};
 
 use super::{LogStore, Request, Response, StateMachine, TypeConfig};
-use crate::log::{retention_point, LogConfig, LogError};
+use crate::log::{retention_point, LogConfig, LogError, SegmentInfo};
 use crate::server::{CommitError, CommitLog, Durable, Ordered, Producer};
-
-/// How long a write waits for a leader before UNAVAILABLE.
-const LEADER_WAIT: Duration = Duration::from_secs(5);
 
 /// Why a Raft node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -56,14 +60,24 @@ pub struct NodeSettings {
     pub dir: PathBuf,
     /// Human name of the node (GetServers shows it).
     pub name: String,
-    /// Segment sizes for the Raft log and the data log.
+    /// Segment sizes for the Raft log and the data log, and the Raft log's
+    /// sync policy (the data log never syncs: it is replayed from Raft).
     pub log: LogConfig,
     /// Entries applied since the last snapshot that trigger a new one.
     pub snapshot_threshold: u64,
+    /// Record bytes applied since the last snapshot that trigger a new
+    /// one (0: only the entry threshold counts).
+    pub snapshot_threshold_bytes: u64,
     /// Retention by size (0: none).
     pub retention_bytes: u64,
     /// Retention by age.
     pub retention_age: Option<Duration>,
+    /// How long a produce may take, queueing and commit included, before
+    /// it answers UNAVAILABLE.
+    pub produce_timeout: Duration,
+    /// Idempotent producers remembered (least recently used out); the
+    /// leader replicates it, so every node keeps the same ones.
+    pub max_producers: u64,
 }
 
 /// A running Raft member. Cheap to clone.
@@ -75,24 +89,76 @@ pub struct RaftNode {
     sm: StateMachine,
     log: LogStore,
     dir: PathBuf,
+    /// The cluster this node bootstrapped (its `cluster-id` file).
+    cluster_id: Arc<OnceLock<u64>>,
     /// Set once the state machine has applied every entry the Raft log
     /// held at start: until then, reads past the data log's end answer
     /// UNAVAILABLE rather than a misleading OUT_OF_RANGE.
     caught_up: Arc<AtomicBool>,
     /// Requests waiting to be proposed (see [`propose_loop`]).
     proposals: mpsc::Sender<Pending>,
+    /// Record bytes the proposal queue may hold (one permit per byte).
+    queue_bytes: Arc<Semaphore>,
+    /// Deadline of each produce.
+    produce_timeout: Duration,
+    /// Why the node stopped serving, once it did (see [`watch_failure`]).
+    failure: watch::Receiver<Option<String>>,
     /// Stops the background loops.
     stop: CancellationToken,
 }
 
-/// An append request and where its answer goes.
-type Pending = (Request, oneshot::Sender<Result<Response, CommitError>>);
+/// An append request waiting in the proposal queue.
+struct Pending {
+    /// Always a `Request::Append`; the propose loop stamps its `at_ms`.
+    request: Request,
+    /// Record bytes of the request.
+    bytes: usize,
+    /// Where the answer goes; closed once the caller gave up.
+    reply: oneshot::Sender<Result<Response, CommitError>>,
+    /// When the caller gives up.
+    deadline: Instant,
+    /// The request's share of the queue's byte bound, released when the
+    /// request leaves the queue.
+    _queued: OwnedSemaphorePermit,
+}
 
-/// Requests queued for proposal before producers wait (backpressure).
+/// Requests queued for proposal before producers wait (backpressure), and
+/// the record bytes they may hold.
 const PROPOSAL_QUEUE: usize = 4096;
-/// The most client requests, and record bytes, batched into one entry.
+const PROPOSAL_QUEUE_BYTES: usize = 64 << 20;
+/// The most client requests, and record bytes, batched into one entry. A
+/// single request larger than the byte cap goes alone.
 const MAX_BATCH: usize = 1024;
 const MAX_BATCH_BYTES: usize = 8 << 20;
+/// Entries per AppendEntries RPC (openraft's `max_payload_entries`, which
+/// counts entries only). With entries of at most [`MAX_BATCH_BYTES`] of
+/// records, or one larger request, an RPC carries at most 16 x 8 MiB =
+/// 128 MiB of records, or 16 such requests: the Raft transport's message
+/// limit must allow that plus framing.
+pub const MAX_PAYLOAD_ENTRIES: u64 = 16;
+/// How often the failure watch looks at the data log (openraft's fatal
+/// errors arrive through its metrics at once).
+const FAILURE_CHECK: Duration = Duration::from_millis(100);
+/// How often the snapshot-by-bytes loop measures.
+const SNAPSHOT_CHECK: Duration = Duration::from_secs(1);
+/// How long the snapshot-by-bytes loop waits for a snapshot it asked for
+/// before it asks again.
+const SNAPSHOT_RETRY: Duration = Duration::from_secs(60);
+
+fn queue_full() -> CommitError {
+    CommitError::Unavailable("the proposal queue stayed full past produce_timeout".into())
+}
+
+fn stopped() -> CommitError {
+    CommitError::Unavailable("raft stopped".into())
+}
+
+fn timed_out() -> CommitError {
+    CommitError::Unavailable(
+        "not committed within produce_timeout (it may still be; retry with a producer id to be safe)"
+            .into(),
+    )
+}
 
 impl RaftNode {
     /// Opens the stores and starts Raft. The node id is created on first
@@ -103,6 +169,16 @@ impl RaftNode {
             source,
         })?;
         let id = persisted_id(&settings.dir.join("node-id"))?;
+        let cluster_id = Arc::new(OnceLock::new());
+        if let Some(cluster) = read_id(&settings.dir.join("cluster-id"))? {
+            let _ = cluster_id.set(cluster);
+        }
+        info!(
+            node_id = id,
+            cluster_id = ?cluster_id.get(),
+            sync = ?settings.log.sync,
+            "starting the raft node"
+        );
         let log = LogStore::open(&settings.dir.join("raft"), settings.log.clone())?;
         let sm = StateMachine::open(&settings.dir.join("sm"), settings.log.clone())?;
         let config = openraft::Config {
@@ -112,6 +188,7 @@ impl RaftNode {
             election_timeout_max: 600,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_threshold),
             max_in_snapshot_log_to_keep: 1000,
+            max_payload_entries: MAX_PAYLOAD_ENTRIES,
             ..openraft::Config::default()
         }
         .validate()
@@ -140,9 +217,30 @@ impl RaftNode {
                 }
             });
         }
-        let (proposals, queue) = mpsc::channel(PROPOSAL_QUEUE);
-        tokio::spawn(propose_loop(raft.clone(), id, queue));
         let stop = CancellationToken::new();
+        let (proposals, queue) = mpsc::channel(PROPOSAL_QUEUE);
+        tokio::spawn(propose_loop(raft.clone(), id, queue, stop.clone()));
+        let (failed, failure) = watch::channel(None);
+        tokio::spawn(watch_failure(
+            raft.clone(),
+            sm.clone(),
+            failed,
+            stop.clone(),
+        ));
+        tokio::spawn(producer_limit_loop(
+            raft.clone(),
+            id,
+            settings.max_producers,
+            stop.clone(),
+        ));
+        if settings.snapshot_threshold_bytes > 0 {
+            tokio::spawn(snapshot_size_loop(
+                raft.clone(),
+                sm.clone(),
+                settings.snapshot_threshold_bytes,
+                stop.clone(),
+            ));
+        }
         if settings.retention_bytes > 0 || settings.retention_age.is_some() {
             tokio::spawn(retention_loop(
                 raft.clone(),
@@ -159,14 +257,20 @@ impl RaftNode {
             sm,
             log,
             dir: settings.dir,
+            cluster_id,
             caught_up,
             proposals,
+            queue_bytes: Arc::new(Semaphore::new(PROPOSAL_QUEUE_BYTES)),
+            produce_timeout: settings.produce_timeout,
+            failure,
             stop,
         })
     }
 
     /// Initializes a one-member cluster of this node, unless Raft state
-    /// exists (then it is a no-op). Returns whether it initialized.
+    /// exists (then it is a no-op). Returns whether it initialized. The
+    /// new cluster's id is persisted first (`cluster-id`), so a crash
+    /// between the two steps leaves the id for the retry.
     pub async fn bootstrap(&self, rpc_addr: &str) -> Result<bool, NodeError> {
         let initialized = self
             .raft
@@ -176,14 +280,40 @@ impl RaftNode {
         if initialized {
             return Ok(false);
         }
+        let cluster = persisted_id(&self.dir.join("cluster-id"))?;
         let members = BTreeMap::from([(self.id, BasicNode::new(rpc_addr))]);
         self.raft
             .initialize(members)
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
-        persisted_id(&self.dir.join("cluster-id"))?;
-        info!(node_id = self.id, "bootstrapped a new cluster");
+        let _ = self.cluster_id.set(cluster);
+        info!(
+            node_id = self.id,
+            cluster_id = cluster,
+            "bootstrapped a new cluster"
+        );
         Ok(true)
+    }
+
+    /// The id of the cluster this node bootstrapped, from its `cluster-id`
+    /// file; `None` before bootstrap. Peers will compare it when a node
+    /// joins; that check arrives with the cluster transport.
+    pub fn cluster_id(&self) -> Option<u64> {
+        self.cluster_id.get().copied()
+    }
+
+    /// Why the node stopped serving, or `None` while it serves. A failed
+    /// write or sync in either log, or openraft stopping on a storage
+    /// error, is for good: the node takes no more writes until restarted.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.borrow().clone()
+    }
+
+    /// A receiver that changes once, to `Some(reason)`, when the node stops
+    /// serving for good (see [`RaftNode::failure`]): the agent turns its
+    /// health to NOT_SERVING on it.
+    pub fn failure_watch(&self) -> watch::Receiver<Option<String>> {
+        self.failure.clone()
     }
 
     /// Stops Raft and closes both logs.
@@ -195,13 +325,65 @@ impl RaftNode {
     }
 }
 
-/// Waits (bounded) until node `id` leads.
-async fn wait_leader(raft: &Raft<TypeConfig>, id: u64) -> Result<(), CommitError> {
+/// Why a node can no longer serve, if it can't: openraft stopped (a
+/// storage error is fatal to it) or the data log failed.
+fn failure_of(raft: &Raft<TypeConfig>, sm: &StateMachine) -> Option<String> {
+    if let Err(fatal) = &raft.metrics().borrow().running_state {
+        return Some(format!("raft stopped: {fatal}"));
+    }
+    sm.data()
+        .is_failed()
+        .then(|| "the data log failed a write or sync".to_string())
+}
+
+/// Watches for the node failing for good; then stops Raft (a leader steps
+/// down: it no longer heartbeats, so a cluster elects another) and
+/// publishes why.
+async fn watch_failure(
+    raft: Raft<TypeConfig>,
+    sm: StateMachine,
+    failed: watch::Sender<Option<String>>,
+    stop: CancellationToken,
+) {
+    let mut metrics = raft.metrics();
+    let why = loop {
+        if let Some(why) = failure_of(&raft, &sm) {
+            break why;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = metrics.changed() => if changed.is_err() {
+                break "raft stopped".to_string();
+            },
+            _ = tokio::time::sleep(FAILURE_CHECK) => {}
+        }
+    };
+    if stop.is_cancelled() {
+        return;
+    }
+    error!(reason = %why, "storage failed: this node stops serving until restarted");
+    failed.send_replace(Some(why));
+    let _ = raft.shutdown().await;
+}
+
+/// Waits, until `deadline`, for node `id` to lead.
+async fn wait_leader(
+    raft: &Raft<TypeConfig>,
+    id: u64,
+    deadline: Instant,
+) -> Result<(), CommitError> {
+    let wait = deadline.saturating_duration_since(Instant::now());
     let led = raft
-        .wait(Some(LEADER_WAIT))
-        .metrics(|m| m.current_leader.is_some(), "a leader")
+        .wait(Some(wait))
+        .metrics(
+            |m| m.current_leader.is_some() || m.running_state.is_err(),
+            "a leader",
+        )
         .await
         .map_err(|_| CommitError::Unavailable("no leader elected".into()))?;
+    if let Err(fatal) = &led.running_state {
+        return Err(CommitError::Unavailable(format!("raft stopped: {fatal}")));
+    }
     match led.current_leader {
         Some(leader) if leader == id => Ok(()),
         Some(leader) => Err(CommitError::Unavailable(format!(
@@ -214,47 +396,175 @@ async fn wait_leader(raft: &Raft<TypeConfig>, id: u64) -> Result<(), CommitError
 /// Group commit at the Raft level. openraft 0.9 writes and flushes one
 /// append at a time, so one entry per request would cost one fsync per
 /// request. Instead, one entry is in flight at a time and every request
-/// that arrives meanwhile goes into the next entry, as a `Request::Batch`.
-async fn propose_loop(raft: Raft<TypeConfig>, id: u64, mut queue: mpsc::Receiver<Pending>) {
-    while let Some(first) = queue.recv().await {
-        let mut bytes = request_bytes(&first.0);
+/// that arrives meanwhile goes into the next entry, as a `Request::Batch`
+/// of at most [`MAX_BATCH`] requests and [`MAX_BATCH_BYTES`]. The entry is
+/// stamped with this (the leader's) clock. A proposal gives up at the
+/// latest deadline of its requests (a leader cut off from its quorum
+/// never answers); requests whose caller already gave up are not proposed.
+async fn propose_loop(
+    raft: Raft<TypeConfig>,
+    id: u64,
+    mut queue: mpsc::Receiver<Pending>,
+    stop: CancellationToken,
+) {
+    let mut carry: Option<Pending> = None;
+    loop {
+        let first = match carry.take() {
+            Some(first) => first,
+            None => tokio::select! {
+                _ = stop.cancelled() => return,
+                next = queue.recv() => match next {
+                    Some(first) => first,
+                    None => return,
+                },
+            },
+        };
+        let mut bytes = first.bytes;
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+        while batch.len() < MAX_BATCH {
             match queue.try_recv() {
+                // Checked before adding, so an entry stays within the cap
+                // unless its only request is larger.
+                Ok(next) if bytes + next.bytes > MAX_BATCH_BYTES => {
+                    carry = Some(next);
+                    break;
+                }
                 Ok(next) => {
-                    bytes += request_bytes(&next.0);
+                    bytes += next.bytes;
                     batch.push(next);
                 }
                 Err(_) => break,
             }
         }
-        let (requests, replies): (Vec<Request>, Vec<_>) = batch.into_iter().unzip();
-        let written = match wait_leader(&raft, id).await {
-            Ok(()) => raft
-                .client_write(Request::Batch(requests))
-                .await
-                .map_err(|e| CommitError::Unavailable(e.to_string())),
-            Err(e) => Err(e),
+        batch.retain(|p| !p.reply.is_closed());
+        let Some(deadline) = batch.iter().map(|p| p.deadline).max() else {
+            continue;
         };
-        match written.map(|w| w.data) {
+        let at_ms = now_ms();
+        let mut requests = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        for pending in batch {
+            let mut request = pending.request;
+            if let Request::Append { at_ms: stamp, .. } = &mut request {
+                *stamp = at_ms;
+            }
+            requests.push(request);
+            replies.push(pending.reply);
+        }
+        let write = async {
+            wait_leader(&raft, id, deadline).await?;
+            raft.client_write(Request::Batch(requests))
+                .await
+                .map_err(|e| CommitError::Unavailable(e.to_string()))
+        };
+        let written = tokio::select! {
+            _ = stop.cancelled() => Err(CommitError::Unavailable("the node is shutting down".into())),
+            written = tokio::time::timeout_at(deadline, write) => {
+                written.unwrap_or_else(|_| Err(timed_out()))
+            }
+        };
+        let answers = match written.map(|w| w.data) {
             Ok(Response::Batch(answers)) if answers.len() == replies.len() => {
-                for (reply, answer) in replies.into_iter().zip(answers) {
-                    let _ = reply.send(Ok(answer));
-                }
+                answers.into_iter().map(Ok).collect()
             }
             Ok(other) => {
-                for reply in replies {
-                    let _ = reply.send(Err(CommitError::Unavailable(format!(
-                        "unexpected reply {other:?}"
-                    ))));
-                }
+                let e = format!("unexpected reply {other:?}");
+                vec![Err(e); replies.len()]
             }
-            Err(e) => {
-                let message = e.to_string();
-                for reply in replies {
-                    let _ = reply.send(Err(CommitError::Unavailable(message.clone())));
-                }
+            Err(CommitError::Unavailable(e)) => vec![Err(e); replies.len()],
+            Err(other) => vec![Err(other.to_string()); replies.len()],
+        };
+        for (reply, answer) in replies.into_iter().zip(answers) {
+            let _ = reply.send(answer.map_err(CommitError::Unavailable));
+        }
+    }
+}
+
+/// On each term this node leads, replicates its `max_producers`, so every
+/// node bounds the producer table alike.
+async fn producer_limit_loop(raft: Raft<TypeConfig>, id: u64, max: u64, stop: CancellationToken) {
+    let mut metrics = raft.metrics();
+    let mut done_term = None;
+    loop {
+        let leading = {
+            let m = metrics.borrow_and_update();
+            (m.current_leader == Some(id) && m.running_state.is_ok()).then_some(m.current_term)
+        };
+        if let Some(term) = leading.filter(|t| done_term != Some(*t)) {
+            let write = raft.client_write(Request::ProducerLimit { max });
+            let written = tokio::select! {
+                _ = stop.cancelled() => return,
+                written = write => written,
+            };
+            match written {
+                Ok(_) => done_term = Some(term),
+                Err(e) => warn!(error = %e, "replicating max_producers failed"),
             }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = metrics.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// Record bytes in the data log after `mark`: the sum over segments from
+/// the marked one on, less what the marked segment held at the mark.
+/// Retention dropping the marked segment only makes this smaller.
+fn bytes_since(segments: &[SegmentInfo], (base, bytes): (u64, u64)) -> u64 {
+    segments
+        .iter()
+        .filter(|s| s.base >= base)
+        .map(|s| s.bytes)
+        .sum::<u64>()
+        .saturating_sub(bytes)
+}
+
+/// A mark of the data log's end: its active segment and that one's size.
+fn end_mark(segments: &[SegmentInfo]) -> (u64, u64) {
+    segments.last().map_or((0, 0), |s| (s.base, s.bytes))
+}
+
+/// openraft 0.9's snapshot policy counts entries only, and an entry may
+/// hold up to [`MAX_BATCH_BYTES`] of records. This loop also triggers a
+/// snapshot once the records applied since the last one pass `threshold`
+/// bytes, which bounds the Raft log between snapshots in bytes too. It
+/// measures the data log (the same records as the Raft log, without the
+/// entry framing), whose segment sizes are at hand.
+async fn snapshot_size_loop(
+    raft: Raft<TypeConfig>,
+    sm: StateMachine,
+    threshold: u64,
+    stop: CancellationToken,
+) {
+    let mut last = raft.metrics().borrow().snapshot;
+    let mut since = end_mark(&sm.data().segments());
+    // When this loop last asked for a snapshot that has not arrived yet
+    // (asked again after a while, in case that build failed).
+    let mut triggered: Option<Instant> = None;
+    let mut tick = tokio::time::interval(SNAPSHOT_CHECK);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let segments = sm.data().segments();
+        let snapshot = raft.metrics().borrow().snapshot;
+        if snapshot != last {
+            // A snapshot was built or installed: count from here.
+            (last, since, triggered) = (snapshot, end_mark(&segments), None);
+            continue;
+        }
+        let waiting = triggered.is_some_and(|at| at.elapsed() < SNAPSHOT_RETRY);
+        if !waiting && bytes_since(&segments, since) >= threshold {
+            if raft.trigger().snapshot().await.is_err() {
+                return;
+            }
+            triggered = Some(Instant::now());
+            info!(
+                threshold,
+                "snapshot triggered by the bytes applied since the last"
+            );
         }
     }
 }
@@ -288,38 +598,53 @@ async fn retention_loop(
                     lowest,
                     "retention: dropped records below the new lowest offset"
                 ),
-                Err(e) => tracing::warn!(error = %e, "retention proposal failed"),
+                Err(e) => warn!(error = %e, "retention proposal failed"),
             }
         }
     }
 }
 
-fn request_bytes(req: &Request) -> usize {
-    match req {
-        Request::Append { records, .. } => records.iter().map(Vec::len).sum(),
-        _ => 0,
-    }
-}
-
 impl CommitLog for RaftNode {
+    /// Queues the request for the next Raft entry. The whole produce (a
+    /// place in the bounded queue, then commit) has `produce_timeout`;
+    /// after it, or at once when the node failed, UNAVAILABLE.
     fn append(&self, records: Vec<Vec<u8>>, producer: Producer) -> Ordered {
-        let proposals = self.proposals.clone();
+        let deadline = Instant::now() + self.produce_timeout;
+        let (proposals, queue_bytes) = (self.proposals.clone(), Arc::clone(&self.queue_bytes));
+        let failure = self.failure();
         Box::pin(async move {
+            if let Some(why) = failure {
+                return Err(CommitError::Unavailable(why));
+            }
             let named = producer.clone();
-            let req = Request::Append {
-                records,
-                producer,
-                at_ms: now_ms(),
-            };
-            let (reply_tx, reply_rx) = oneshot::channel();
-            proposals
-                .send((req, reply_tx))
+            let bytes: usize = records.iter().map(Vec::len).sum();
+            // A request larger than the whole bound waits for an empty queue.
+            let share = bytes.clamp(1, PROPOSAL_QUEUE_BYTES) as u32;
+            let queued = tokio::time::timeout_at(deadline, queue_bytes.acquire_many_owned(share))
                 .await
-                .map_err(|_| CommitError::Unavailable("raft stopped".into()))?;
+                .map_err(|_| queue_full())?
+                .map_err(|_| stopped())?;
+            let (reply_tx, reply_rx) = oneshot::channel();
+            let pending = Pending {
+                request: Request::Append {
+                    records,
+                    producer,
+                    at_ms: 0,
+                },
+                bytes,
+                reply: reply_tx,
+                deadline,
+                _queued: queued,
+            };
+            tokio::time::timeout_at(deadline, proposals.send(pending))
+                .await
+                .map_err(|_| queue_full())?
+                .map_err(|_| stopped())?;
             Ok(Box::pin(async move {
-                let reply = reply_rx
+                let reply = tokio::time::timeout_at(deadline, reply_rx)
                     .await
-                    .map_err(|_| CommitError::Unavailable("raft stopped".into()))??;
+                    .map_err(|_| timed_out())?
+                    .map_err(|_| stopped())??;
                 match reply {
                     Response::Appended {
                         first_offset,
@@ -378,29 +703,46 @@ impl CommitLog for RaftNode {
     }
 }
 
-/// Reads a random id persisted in `path`, creating it on first use.
-fn persisted_id(path: &Path) -> Result<u64, NodeError> {
+/// Reads the id persisted in `path`, if the file exists.
+fn read_id(path: &Path) -> Result<Option<u64>, NodeError> {
     let err = |source| NodeError::Identity {
         path: path.to_path_buf(),
         source,
     };
     match std::fs::read_to_string(path) {
-        Ok(text) => text.trim().parse().map_err(|_| {
+        Ok(text) => text.trim().parse().map(Some).map_err(|_| {
             err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 "not a number",
             ))
         }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            // RandomState is seeded from the OS; zero is kept free.
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u64(now_ms());
-            let id = h.finish().max(1) >> 1;
-            super::log_store::write_durably(path, id.to_string().as_bytes()).map_err(err)?;
-            Ok(id)
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(err(e)),
     }
+}
+
+/// Reads a random id persisted in `path`, creating it on first use.
+fn persisted_id(path: &Path) -> Result<u64, NodeError> {
+    if let Some(id) = read_id(path)? {
+        return Ok(id);
+    }
+    // RandomState is seeded from the OS.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_ms());
+    let id = id_from_hash(h.finish());
+    super::log_store::write_durably(path, id.to_string().as_bytes()).map_err(|source| {
+        NodeError::Identity {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
+    Ok(id)
+}
+
+/// A node or cluster id from 64 random bits: 63 bits (it prints the same
+/// in every JSON and signed reader), never 0 (kept free).
+fn id_from_hash(hash: u64) -> u64 {
+    (hash >> 1).max(1)
 }
 
 fn now_ms() -> u64 {
@@ -456,3 +798,6 @@ impl RaftNetwork<TypeConfig> for NoNetwork {
         Err(unreachable())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -194,6 +194,10 @@ impl StateMachine {
                 applied.state.lowest = lowest;
                 Ok(Response::Retained { lowest })
             }
+            Request::ProducerLimit { max } => {
+                applied.state.producers.set_limit(max);
+                Ok(Response::Empty)
+            }
         }
     }
 

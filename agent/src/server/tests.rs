@@ -10,8 +10,13 @@ use tokio::io::AsyncWriteExt;
 use tokio_stream::StreamExt;
 use tonic::Code;
 
+use std::sync::Arc;
+
+use tonic_health::pb::health_check_response::ServingStatus;
+
 use crate::agent::Agent;
 use crate::config::Config;
+use crate::log::fs::{Faults, FileSystem, RealFs, SimFs};
 
 /// One agent on 127.0.0.1:0 with fresh certs and an editable ACL.
 struct Node {
@@ -22,6 +27,11 @@ struct Node {
 
 impl Node {
     async fn start(customize: impl FnOnce(&mut Config)) -> Node {
+        Node::start_on(Arc::new(RealFs), customize).await
+    }
+
+    /// An agent whose WAL files live on `fs`.
+    async fn start_on(fs: Arc<dyn FileSystem>, customize: impl FnOnce(&mut Config)) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let certs = dir.path().join("certs");
         crate::certs::generate(&certs, &["127.0.0.1".into(), "localhost".into()]).unwrap();
@@ -51,7 +61,10 @@ impl Node {
         };
         customize(&mut config);
         config.validate().unwrap();
-        let agent = Agent::start(config.clone(), None).await.unwrap();
+        // Files outside the WAL (Raft metadata, snapshots, ids) stay on
+        // the real disk, in directories the simulated one does not make.
+        std::fs::create_dir_all(config.data_dir.join("raft")).unwrap();
+        let agent = Agent::start_on(config.clone(), None, fs).await.unwrap();
         Node { agent, dir, config }
     }
 
@@ -312,9 +325,8 @@ async fn get_servers_lists_this_node_as_leader() {
     assert_eq!(servers[0].rpc_addr, node.agent.rpc_addr().to_string());
 }
 
-#[tokio::test]
-async fn health_service_reports_serving() {
-    let node = Node::start(|_| {}).await;
+/// The health status of `service` ("" for the whole server).
+async fn health(node: &Node, service: &str) -> ServingStatus {
     let tls = tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(
             std::fs::read(node.certs().join("ca.pem")).unwrap(),
@@ -332,17 +344,85 @@ async fn health_service_reports_serving() {
             .await
             .unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let reply = health
+    health
         .check(tonic_health::pb::HealthCheckRequest {
-            service: "log.v1.Log".into(),
+            service: service.into(),
         })
         .await
         .unwrap()
-        .into_inner();
-    assert_eq!(
-        reply.status(),
-        tonic_health::pb::health_check_response::ServingStatus::Serving
+        .into_inner()
+        .status()
+}
+
+#[tokio::test]
+async fn health_service_reports_serving() {
+    let node = Node::start(|_| {}).await;
+    assert_eq!(health(&node, "log.v1.Log").await, ServingStatus::Serving);
+    assert_eq!(health(&node, "").await, ServingStatus::Serving);
+}
+
+#[tokio::test]
+async fn after_a_failed_sync_produce_fails_without_hanging_and_health_is_not_serving() {
+    let disk = SimFs::new();
+    let node = Node::start_on(Arc::new(disk.clone()), |c| {
+        c.produce_timeout = "3s".into();
+    })
+    .await;
+    let mut c = node.client("root").await;
+    assert_eq!(c.produce("before").await.unwrap(), 0);
+    assert_eq!(health(&node, "log.v1.Log").await, ServingStatus::Serving);
+
+    disk.set_faults(Faults {
+        sync: true,
+        ..Faults::default()
+    });
+    let after = tokio::time::timeout(Duration::from_secs(20), c.produce("after"))
+        .await
+        .expect("produce answered instead of hanging");
+    assert!(
+        matches!(code(after), Code::Unavailable | Code::Internal),
+        "a failed sync is an error"
     );
+    for service in ["log.v1.Log", ""] {
+        eventually("NOT_SERVING", async || {
+            health(&node, service).await == ServingStatus::NotServing
+        })
+        .await;
+    }
+    // For good: the next produce is refused at once, not after its timeout.
+    let started = Instant::now();
+    let again = tokio::time::timeout(Duration::from_secs(20), c.produce("again"))
+        .await
+        .expect("produce answered instead of hanging");
+    assert_eq!(code(again), Code::Unavailable);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "refused before produce_timeout: {:?}",
+        started.elapsed()
+    );
+    // Records acknowledged before the fault stay readable.
+    assert_eq!(c.consume(0).await.unwrap(), b"before");
+}
+
+#[tokio::test]
+async fn produce_without_a_cluster_is_unavailable_after_produce_timeout() {
+    let node = Node::start(|c| {
+        c.bootstrap = false;
+        c.produce_timeout = "300ms".into();
+    })
+    .await;
+    let mut c = node.client("root").await;
+    let answer = tokio::time::timeout(Duration::from_secs(20), c.produce("x"))
+        .await
+        .expect("produce answered by its deadline");
+    assert_eq!(code(answer), Code::Unavailable);
+    let batch = tokio::time::timeout(
+        Duration::from_secs(20),
+        c.produce_batch(vec![b"y".to_vec()]),
+    )
+    .await
+    .expect("produce answered by its deadline");
+    assert_eq!(code(batch), Code::Unavailable);
 }
 
 #[tokio::test]

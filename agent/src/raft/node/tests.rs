@@ -1,0 +1,328 @@
+//! The Raft node: produce deadlines, batch and snapshot bounds in bytes,
+//! the producer bound it replicates, the sync policy, identity files.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use openraft::{BasicNode, ChangeMembers, EntryPayload, RaftLogReader};
+
+use super::*;
+use crate::log::SyncPolicy;
+
+fn settings(dir: &Path) -> NodeSettings {
+    NodeSettings {
+        dir: dir.to_path_buf(),
+        name: "test".into(),
+        log: LogConfig {
+            prealloc_bytes: 0,
+            ..LogConfig::default()
+        },
+        snapshot_threshold: 100_000,
+        snapshot_threshold_bytes: 0,
+        retention_bytes: 0,
+        retention_age: None,
+        produce_timeout: Duration::from_secs(5),
+        max_producers: 100,
+    }
+}
+
+/// Starts and bootstraps a node; waits until it leads.
+async fn leader(settings: NodeSettings) -> RaftNode {
+    let node = RaftNode::start(settings).await.unwrap();
+    node.bootstrap("127.0.0.1:1").await.unwrap();
+    node.raft
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(|m| m.current_leader == Some(node.id), "leading")
+        .await
+        .unwrap();
+    node
+}
+
+async fn produce(node: &RaftNode, records: Vec<Vec<u8>>) -> Result<(u64, u64), CommitError> {
+    node.append(records, None).await?.await
+}
+
+/// Polls `check` until it holds, failing after 20 s.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn ids_are_never_zero() {
+    for hash in [0, 1, 2, 3, u64::MAX] {
+        assert_ne!(id_from_hash(hash), 0, "hash {hash}");
+    }
+    assert_eq!(id_from_hash(u64::MAX), u64::MAX >> 1);
+}
+
+#[tokio::test]
+async fn produce_on_a_node_without_a_cluster_is_unavailable_within_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = RaftNode::start(NodeSettings {
+        produce_timeout: Duration::from_millis(300),
+        ..settings(dir.path())
+    })
+    .await
+    .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), produce(&node, vec![b"x".to_vec()]))
+        .await
+        .expect("produce gave up by its deadline");
+    assert!(
+        matches!(answer, Err(CommitError::Unavailable(_))),
+        "{answer:?}"
+    );
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_leader_cut_off_from_its_quorum_answers_unavailable_and_keeps_answering() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = leader(NodeSettings {
+        produce_timeout: Duration::from_millis(500),
+        ..settings(dir.path())
+    })
+    .await;
+    assert_eq!(produce(&node, vec![b"a".to_vec()]).await.unwrap(), (0, 1));
+    // A second voter that does not exist: the joint configuration needs it
+    // for a quorum, so nothing commits any more while this node still
+    // believes it leads (openraft 0.9 leaders never step down by themselves).
+    node.raft
+        .add_learner(2, BasicNode::new("127.0.0.1:2"), false)
+        .await
+        .unwrap();
+    let raft = node.raft.clone();
+    tokio::spawn(async move {
+        let voters = ChangeMembers::AddVoterIds(BTreeSet::from([2]));
+        let _ = raft.change_membership(voters, false).await;
+    });
+    for _ in 0..3 {
+        let answer =
+            tokio::time::timeout(Duration::from_secs(10), produce(&node, vec![b"b".to_vec()]))
+                .await
+                .expect("produce gave up by its deadline");
+        assert!(
+            matches!(answer, Err(CommitError::Unavailable(_))),
+            "{answer:?}"
+        );
+    }
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_batch_entry_stays_within_its_byte_cap_unless_one_request_is_larger() {
+    let dir = tempfile::tempdir().unwrap();
+    // Large entries are slow to encode in a debug build: a generous
+    // deadline, so that only a wrong batch fails the test.
+    let node = leader(NodeSettings {
+        produce_timeout: Duration::from_secs(120),
+        ..settings(dir.path())
+    })
+    .await;
+    let mb = 1 << 20;
+    // Seven 3 MiB requests at once: batched at most two to an entry (a
+    // third would pass 8 MiB), then one 10 MiB request alone.
+    let mut calls = Vec::new();
+    for i in 0..7u8 {
+        let node = node.clone();
+        calls.push(tokio::spawn(async move {
+            produce(&node, vec![vec![i; 3 * mb]]).await
+        }));
+    }
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    produce(&node, vec![vec![7; 10 * mb]]).await.unwrap();
+
+    let mut reader = node.log.clone();
+    let entries = reader.try_get_log_entries(0..u64::MAX).await.unwrap();
+    let mut batches = 0;
+    let mut largest = 0;
+    for entry in entries {
+        let EntryPayload::Normal(Request::Batch(requests)) = entry.payload else {
+            continue;
+        };
+        let sizes: Vec<usize> = requests
+            .iter()
+            .map(|r| match r {
+                Request::Append { records, .. } => records.iter().map(Vec::len).sum(),
+                _ => 0,
+            })
+            .collect();
+        let total: usize = sizes.iter().sum();
+        assert!(
+            total <= MAX_BATCH_BYTES || sizes.len() == 1,
+            "an entry of {} requests holds {total} bytes",
+            sizes.len()
+        );
+        largest = largest.max(total);
+        batches += 1;
+    }
+    assert!(batches >= 5, "8 requests in at least 5 entries: {batches}");
+    assert_eq!(largest, 10 * mb, "the oversized request went alone");
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_snapshot_is_taken_after_enough_bytes_even_below_the_entry_threshold() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = leader(NodeSettings {
+        snapshot_threshold: 1_000_000,
+        snapshot_threshold_bytes: 256 << 10,
+        ..settings(dir.path())
+    })
+    .await;
+    assert_eq!(node.raft.metrics().borrow().snapshot, None);
+    for _ in 0..40 {
+        produce(&node, vec![vec![1; 8 << 10]]).await.unwrap();
+    }
+    let metrics = node.raft.metrics();
+    eventually("a snapshot", || metrics.borrow().snapshot.is_some()).await;
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_leader_replicates_its_producer_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = leader(NodeSettings {
+        max_producers: 2,
+        ..settings(dir.path())
+    })
+    .await;
+    let named = |p: &str| Some((p.to_string(), 0));
+    let first = node
+        .append(vec![b"a".to_vec()], named("a"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    for p in ["b", "c"] {
+        node.append(vec![p.as_bytes().to_vec()], named(p))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    // "a" was the least recently used of three with room for two: its
+    // retry is new again. "c" is remembered.
+    let retry_a = node
+        .append(vec![b"a".to_vec()], named("a"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_ne!(retry_a, first);
+    let retry_c = node
+        .append(vec![b"c".to_vec()], named("c"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(retry_c, (2, 1));
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn with_sync_interval_a_produce_is_acknowledged_before_the_interval_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = settings(dir.path());
+    let node = leader(NodeSettings {
+        log: LogConfig {
+            sync: SyncPolicy::Interval(Duration::from_secs(3600)),
+            ..base.log.clone()
+        },
+        ..base
+    })
+    .await;
+    let acked = tokio::time::timeout(Duration::from_secs(10), produce(&node, vec![b"x".to_vec()]))
+        .await
+        .expect("acknowledged without waiting an hour for the sync");
+    assert_eq!(acked.unwrap(), (0, 1));
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_cluster_id_is_made_at_bootstrap_and_kept_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = RaftNode::start(settings(dir.path())).await.unwrap();
+    assert_eq!(node.cluster_id(), None);
+    assert!(node.bootstrap("127.0.0.1:1").await.unwrap());
+    let cluster = node.cluster_id().expect("set at bootstrap");
+    assert_ne!(cluster, 0);
+    node.shutdown().await.unwrap();
+    drop(node);
+
+    let node = RaftNode::start(settings(dir.path())).await.unwrap();
+    assert_eq!(node.cluster_id(), Some(cluster));
+    assert!(!node.bootstrap("127.0.0.1:1").await.unwrap(), "a no-op");
+    assert_eq!(node.cluster_id(), Some(cluster));
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn after_a_failed_write_the_node_stops_for_good_and_refuses_produces() {
+    use crate::log::fs::{Faults, SimFs};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("raft")).unwrap();
+    let disk = SimFs::new();
+    let base = settings(dir.path());
+    let node = leader(NodeSettings {
+        log: LogConfig {
+            fs: Arc::new(disk.clone()),
+            ..base.log.clone()
+        },
+        produce_timeout: Duration::from_secs(3),
+        ..base
+    })
+    .await;
+    assert_eq!(produce(&node, vec![b"a".to_vec()]).await.unwrap(), (0, 1));
+    assert_eq!(node.failure(), None);
+
+    disk.set_faults(Faults {
+        write: true,
+        ..Faults::default()
+    });
+    let failed = tokio::time::timeout(Duration::from_secs(20), produce(&node, vec![b"b".to_vec()]))
+        .await
+        .expect("produce answered instead of hanging");
+    assert!(failed.is_err(), "{failed:?}");
+    let mut watch = node.failure_watch();
+    tokio::time::timeout(Duration::from_secs(20), watch.wait_for(Option::is_some))
+        .await
+        .expect("the failure is published")
+        .unwrap();
+    // Raft stopped: this node no longer leads.
+    assert!(node.raft.metrics().borrow().running_state.is_err());
+    // The fault is gone, but the node stays failed until restarted.
+    disk.set_faults(Faults::default());
+    let started = Instant::now();
+    let again = produce(&node, vec![b"c".to_vec()]).await;
+    assert!(
+        matches!(again, Err(CommitError::Unavailable(_))),
+        "{again:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let _ = node.shutdown().await;
+}
+
+#[test]
+fn bytes_since_a_mark_count_later_segments_and_survive_retention() {
+    let seg = |base, bytes| SegmentInfo {
+        base,
+        next: base + 10,
+        bytes,
+        modified: None,
+    };
+    let at_mark = [seg(0, 100), seg(10, 40)];
+    let mark = end_mark(&at_mark);
+    assert_eq!(bytes_since(&at_mark, mark), 0);
+    let grown = [seg(0, 100), seg(10, 100), seg(20, 70)];
+    assert_eq!(bytes_since(&grown, mark), 60 + 70);
+    // Retention dropped the marked segment: counted low, never wrapped.
+    let retained = [seg(20, 70)];
+    assert_eq!(bytes_since(&retained, mark), 30);
+    assert_eq!(bytes_since(&[], mark), 0);
+}
