@@ -125,14 +125,8 @@ pub fn run(args: &WalArgs) -> Result<Report, crate::log::LogError> {
     if args.reopen {
         log.close()?;
         drop(log);
-        let t = Instant::now();
-        let reopened = Log::open(&dir, config.clone())?;
-        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        let reopened = timed_open(&dir, &config, "reopen_ms", &mut report)?;
         let bytes = dir_bytes(&dir);
-        report.extra.insert(
-            "reopen_ms".into(),
-            serde_json::json!((ms * 10.0).round() / 10.0),
-        );
         report
             .extra
             .insert("log_mib".into(), serde_json::json!(bytes >> 20));
@@ -140,13 +134,7 @@ pub fn run(args: &WalArgs) -> Result<Report, crate::log::LogError> {
         // Not closed: its active segment stays marked in use, and its
         // syncer thread is left idle until the process exits.
         std::mem::forget(reopened);
-        let t = Instant::now();
-        let reopened = Log::open(&dir, config)?;
-        let ms = t.elapsed().as_secs_f64() * 1000.0;
-        report.extra.insert(
-            "reopen_unclean_ms".into(),
-            serde_json::json!((ms * 10.0).round() / 10.0),
-        );
+        let reopened = timed_open(&dir, &config, "reopen_unclean_ms", &mut report)?;
         report
             .extra
             .insert("active_mib".into(), serde_json::json!(active_bytes >> 20));
@@ -161,6 +149,22 @@ pub fn run(args: &WalArgs) -> Result<Report, crate::log::LogError> {
         log.remove()?;
     }
     Ok(report)
+}
+
+/// Opens the log and reports how long that took under `key`.
+fn timed_open(
+    dir: &std::path::Path,
+    config: &LogConfig,
+    key: &str,
+    report: &mut Report,
+) -> Result<Log, crate::log::LogError> {
+    let t = Instant::now();
+    let log = Log::open(dir, config.clone())?;
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    report
+        .extra
+        .insert(key.into(), serde_json::json!((ms * 10.0).round() / 10.0));
+    Ok(log)
 }
 
 fn dir_bytes(dir: &std::path::Path) -> u64 {
