@@ -270,8 +270,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if let Some(written) = self.log.over_unsynced_bound() {
             self.log.wait_durable(written).await.map_err(write_err)?;
         }
-        encoded.extend(entries.iter().map(codec::encode));
-        let appended = self.log.append_batch_nowait(&encoded).map_err(write_err)?;
+        // The write (pwrite, maybe a segment roll with its fsync) runs on
+        // a blocking thread; openraft awaits this append before the next,
+        // so entries stay in order.
+        let log = Arc::clone(&self.log);
+        let appended = tokio::task::spawn_blocking(move || {
+            encoded.extend(entries.iter().map(codec::encode));
+            log.append_batch_nowait(&encoded)
+        })
+        .await
+        .map_err(|e| {
+            io_error(
+                ErrorSubject::Logs,
+                ErrorVerb::Write,
+                std::io::Error::other(e),
+            )
+        })?
+        .map_err(write_err)?;
         let log = Arc::clone(&self.log);
         // The flush callback fires when a sync covers these entries: one
         // fsync serves every append that arrived meanwhile.

@@ -32,6 +32,8 @@ pub mod state_machine;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_storage;
 
 use serde::{Deserialize, Serialize};
 

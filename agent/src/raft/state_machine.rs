@@ -5,9 +5,21 @@
 //! table makes retried sequences return their original offsets. The data
 //! log does not fsync: on open it is cut back to the last snapshot, and
 //! openraft applies the committed entries after it again from the Raft log.
+//!
+//! Reads never wait for applies: the data log sits in an `ArcSwap` (a
+//! snapshot install swaps in a fully opened new log), the lowest offset is
+//! an atomic, and the next applied offset is a watch channel (the
+//! watermark) that lives as long as the state machine, so consumers keep
+//! waiting on it across installs. The applied-state mutex is taken only by
+//! apply, snapshot builds and installs, and the disk work of apply runs on
+//! a blocking thread (openraft awaits each apply, so order is kept).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -32,8 +44,15 @@ struct Applied {
 struct Shared {
     dir: PathBuf,
     config: LogConfig,
-    data: RwLock<Arc<Log>>,
+    /// The data log; replaced whole by a snapshot install.
+    data: ArcSwap<Log>,
+    /// Taken by apply, builds and installs; never by reads.
     applied: Mutex<Applied>,
+    /// Mirror of `applied.state.lowest` for reads.
+    lowest: AtomicU64,
+    /// The next applied offset (mirror of `applied.state.next_offset`),
+    /// published after each apply and install. It outlives data-log swaps.
+    watermark: watch::Sender<u64>,
     snapshots: SnapshotDir,
     /// Serializes snapshot builds and installs; `true` once closed, after
     /// which they fail instead of touching the directory.
@@ -98,11 +117,19 @@ impl StateMachine {
                 (Applied::default(), data)
             }
         };
+        for stale in ["data.installing", "data.old"] {
+            let path = dir.join(stale);
+            if path.exists() {
+                std::fs::remove_dir_all(&path).map_err(io(&path))?;
+            }
+        }
         Ok(StateMachine {
             shared: Arc::new(Shared {
                 dir: dir.to_path_buf(),
                 config,
-                data: RwLock::new(Arc::new(data)),
+                data: ArcSwap::from_pointee(data),
+                lowest: AtomicU64::new(applied.state.lowest),
+                watermark: watch::Sender::new(applied.state.next_offset),
                 applied: Mutex::new(applied),
                 snapshots,
                 snapshotting: tokio::sync::Mutex::new(false),
@@ -118,14 +145,67 @@ impl StateMachine {
         self.data().close()
     }
 
-    /// The data log (reads, and waiting for new records).
+    /// The current data log (for retention's view of its segments and for
+    /// tests). A snapshot install replaces it: read through
+    /// [`StateMachine::read`], which follows the swap.
     pub fn data(&self) -> Arc<Log> {
-        Arc::clone(&self.shared.data.read().unwrap_or_else(|e| e.into_inner()))
+        self.shared.data.load_full()
     }
 
-    /// Lowest offset readable (retention may sit inside a segment).
+    /// Lowest offset readable (retention may sit inside a segment). Never
+    /// waits for an apply.
     pub fn lowest_offset(&self) -> u64 {
-        self.lock_applied().state.lowest
+        self.shared.lowest.load(Ordering::Acquire)
+    }
+
+    /// The offset the next applied record gets: records below it are
+    /// applied and readable (from the lowest offset on).
+    pub fn next_offset(&self) -> u64 {
+        *self.shared.watermark.borrow()
+    }
+
+    /// A receiver of the next applied offset, updated after every apply and
+    /// snapshot install. Unlike a data log's own watch, it survives the
+    /// data log being replaced by an install, so consumers waiting at the
+    /// end of the log keep receiving.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.shared.watermark.subscribe()
+    }
+
+    /// Reads the applied record at `offset` without waiting for applies,
+    /// builds or installs. Offsets outside `lowest..next` are
+    /// [`LogError::OffsetOutOfRange`]. A read that raced an install and hit
+    /// the closed old log is retried on the new one (same offsets, same
+    /// records: the log is replicated).
+    pub fn read(&self, offset: u64) -> Result<Vec<u8>, LogError> {
+        if offset < self.lowest_offset() || offset >= self.next_offset() {
+            return Err(LogError::OffsetOutOfRange { offset });
+        }
+        loop {
+            let data = self.shared.data.load_full();
+            match data.read(offset) {
+                Err(LogError::Closed) if !Arc::ptr_eq(&data, &self.shared.data.load()) => {}
+                other => return other,
+            }
+        }
+    }
+
+    /// Publishes the applied bounds to readers.
+    fn publish(&self, state: &AppliedState) {
+        self.shared.lowest.store(state.lowest, Ordering::Release);
+        let next = state.next_offset;
+        self.shared.watermark.send_if_modified(|v| {
+            let changed = *v != next;
+            *v = next;
+            changed
+        });
+    }
+
+    /// Holds the applied-state lock (as a slow apply would), for tests
+    /// showing that reads do not take it.
+    #[cfg(test)]
+    pub(crate) fn hold_apply_lock(&self) -> impl Sized + '_ {
+        self.lock_applied()
     }
 
     /// The snapshot lock, unless the state machine is closed.
@@ -190,6 +270,8 @@ impl StateMachine {
                 let lowest = lowest
                     .min(applied.state.next_offset)
                     .max(applied.state.lowest);
+                // Readers see the new bound before the files go.
+                self.shared.lowest.store(lowest, Ordering::Release);
                 data.truncate_prefix(lowest)?;
                 applied.state.lowest = lowest;
                 Ok(Response::Retained { lowest })
@@ -297,27 +379,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut replies = Vec::new();
-        // Applied in place under the lock (no await below): a failure is
-        // fatal to openraft anyway, and cloning the producer table per
-        // entry batch would cost more than the append.
-        let mut guard = self.lock_applied();
-        let applied = &mut *guard;
-        for entry in entries {
-            let reply = match entry.payload {
-                EntryPayload::Blank => Response::Empty,
-                EntryPayload::Normal(req) => self.apply_request(applied, req).map_err(|e| {
-                    io_error(ErrorSubject::Apply(entry.log_id), ErrorVerb::Write, e)
-                })?,
-                EntryPayload::Membership(m) => {
-                    applied.membership = StoredMembership::new(Some(entry.log_id), m);
-                    Response::Empty
-                }
-            };
-            applied.last_applied = Some(entry.log_id);
-            replies.push(reply);
-        }
-        Ok(replies)
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let this = self.clone();
+        // The data writes (and the fsync of a segment that rolls over) run
+        // on a blocking thread; openraft awaits this before the next apply.
+        tokio::task::spawn_blocking(move || this.apply_blocking(entries))
+            .await
+            .map_err(|e| sm_error(std::io::Error::other(e)))?
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -349,12 +417,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         tokio::io::AsyncWriteExt::flush(&mut *received)
             .await
             .map_err(snapshot_error)?;
-        let received = received.into_std().await;
+        let mut received = received.into_std().await;
         let this = self.clone();
         let meta = meta.clone();
-        tokio::task::spawn_blocking(move || this.install_blocking(received, &meta))
-            .await
-            .map_err(|e| snapshot_error(std::io::Error::other(e)))?
+        tokio::task::spawn_blocking(move || {
+            std::io::Seek::rewind(&mut received).map_err(snapshot_error)?;
+            this.install_blocking(received, &meta)
+        })
+        .await
+        .map_err(|e| snapshot_error(std::io::Error::other(e)))?
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
@@ -371,39 +442,94 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 }
 
 impl StateMachine {
-    /// Makes a received snapshot current and rebuilds the data log from it.
+    /// Applies entries in order under the applied-state lock, then
+    /// publishes the new bounds (also after a failure, for what was
+    /// applied: a failure is fatal to openraft anyway).
+    fn apply_blocking(&self, entries: Vec<Entry>) -> Result<Vec<Response>, StorageError> {
+        let mut replies = Vec::with_capacity(entries.len());
+        // Applied in place under the lock: cloning the producer table per
+        // entry batch would cost more than the append.
+        let mut guard = self.lock_applied();
+        let applied = &mut *guard;
+        let mut result = Ok(());
+        for entry in entries {
+            let reply = match entry.payload {
+                EntryPayload::Blank => Response::Empty,
+                EntryPayload::Normal(req) => match self.apply_request(applied, req) {
+                    Ok(reply) => reply,
+                    Err(e) => {
+                        result = Err(io_error(
+                            ErrorSubject::Apply(entry.log_id),
+                            ErrorVerb::Write,
+                            e,
+                        ));
+                        break;
+                    }
+                },
+                EntryPayload::Membership(m) => {
+                    applied.membership = StoredMembership::new(Some(entry.log_id), m);
+                    Response::Empty
+                }
+            };
+            applied.last_applied = Some(entry.log_id);
+            replies.push(reply);
+        }
+        self.publish(&applied.state);
+        result.map(|()| replies)
+    }
+
+    /// Makes a received snapshot current and replaces the data log with
+    /// one opened from it. The new log is opened and cut to the snapshot's
+    /// bounds before any lock is taken; only the swap itself holds the
+    /// applied-state lock. Readers holding the old log keep reading it
+    /// (its files stay open) until it is closed, then retry on the new one.
     fn install_blocking(
         &self,
-        mut received: std::fs::File,
+        received: impl std::io::Read,
         meta: &SnapshotMeta<u64, BasicNode>,
     ) -> Result<(), StorageError> {
-        use std::io::Seek;
         let snapshots = &self.shared.snapshots;
-        received.rewind().map_err(snapshot_error)?;
         let file = snapshots.install(received, meta).map_err(snapshot_error)?;
-        let data_dir = self.shared.dir.join("data");
-        let fresh = self.shared.dir.join("data.installing");
-        if fresh.exists() {
-            std::fs::remove_dir_all(&fresh).map_err(snapshot_error)?;
+        let dir = &self.shared.dir;
+        let (data_dir, fresh, old) = (
+            dir.join("data"),
+            dir.join("data.installing"),
+            dir.join("data.old"),
+        );
+        for stale in [&fresh, &old] {
+            if stale.exists() {
+                std::fs::remove_dir_all(stale).map_err(snapshot_error)?;
+            }
         }
         snapshots.restore_into(&fresh).map_err(snapshot_error)?;
-        let mut applied = self.lock_applied();
-        let mut slot = self.shared.data.write().unwrap_or_else(|e| e.into_inner());
-        slot.close().map_err(sm_error)?;
-        let old = self.shared.dir.join("data.old");
+        // The old log keeps its open files under `data.old`; nothing writes
+        // to it meanwhile (apply and install are serialized by openraft,
+        // builds by the snapshot lock). A crash here leaves no `data`, and
+        // open restores it from the (already current) snapshot.
         std::fs::rename(&data_dir, &old).map_err(snapshot_error)?;
         std::fs::rename(&fresh, &data_dir).map_err(snapshot_error)?;
-        crate::log::sync_dir(&self.shared.dir).map_err(sm_error)?;
-        let _ = std::fs::remove_dir_all(&old);
+        crate::log::sync_dir(dir).map_err(sm_error)?;
         let data = Log::open(&data_dir, self.shared.config.clone()).map_err(sm_error)?;
         cut_to(&data, file.state.next_offset).map_err(sm_error)?;
         data.truncate_prefix(file.state.lowest).map_err(sm_error)?;
-        *slot = Arc::new(data);
-        *applied = Applied {
-            last_applied: file.meta.last_log_id,
-            membership: file.meta.last_membership.clone(),
-            state: file.state,
+        let previous = {
+            let mut applied = self.lock_applied();
+            let previous = self.shared.data.swap(Arc::new(data));
+            *applied = Applied {
+                last_applied: file.meta.last_log_id,
+                membership: file.meta.last_membership.clone(),
+                state: file.state,
+            };
+            self.publish(&applied.state);
+            previous
         };
+        if let Err(e) = previous.close() {
+            tracing::warn!(error = %e, "closing the replaced data log failed");
+        }
+        drop(previous);
+        if let Err(e) = std::fs::remove_dir_all(&old) {
+            tracing::warn!(error = %e, dir = %old.display(), "removing the replaced data log failed");
+        }
         Ok(())
     }
 }
