@@ -28,7 +28,8 @@ use openraft::{
 };
 
 use super::producers::Verdict;
-use super::snapshot::{AppliedState, SnapshotDir, SnapshotFile};
+use super::snapshot::{AppliedState, SnapshotDir};
+use super::transfer::SnapshotData;
 use super::{io_error, Entry, LogId, Request, Response, StorageError, TypeConfig};
 use crate::log::{Log, LogConfig, LogError, SyncPolicy};
 
@@ -279,59 +280,57 @@ impl StateMachine {
         }
     }
 
-    /// Builds a snapshot of everything applied: syncs the data log, links
-    /// its files, records the state.
+    /// Builds a snapshot of everything applied. Under the applied-state
+    /// lock only what must match the applied state: its copy, and hard
+    /// links to the data log's store files with their lengths (no data is
+    /// read or synced). The sync of the data log up to those lengths and
+    /// the metadata write run after the lock is released, so applies wait
+    /// only for the links, and reads never wait.
     async fn build(&self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let _guard = self.snapshot_lock().await?;
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
-            let applied = this.lock_applied();
-            let data = this.data();
-            data.sync().map_err(snapshot_error)?;
-            let id = match applied.last_applied {
-                Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, now_ms()),
-                None => format!("none-{}", now_ms()),
-            };
-            let file = SnapshotFile {
-                meta: SnapshotMeta {
+            let snapshots = &this.shared.snapshots;
+            let (meta, state, building, data) = {
+                let applied = this.lock_applied();
+                let data = this.data();
+                let building = snapshots
+                    .link(data.dir(), &data.segments())
+                    .map_err(snapshot_error)?;
+                let id = match applied.last_applied {
+                    Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, now_ms()),
+                    None => format!("none-{}", now_ms()),
+                };
+                let meta = SnapshotMeta {
                     last_log_id: applied.last_applied,
                     last_membership: applied.membership.clone(),
                     snapshot_id: id,
-                },
-                state: applied.state.clone(),
+                };
+                (meta, applied.state.clone(), building, data)
             };
-            this.shared
-                .snapshots
-                .create(data.dir(), &file)
+            // Sealed segments were synced when sealed; this covers the
+            // active one (and more, which is harmless).
+            data.sync().map_err(snapshot_error)?;
+            snapshots
+                .finish(building, meta, state)
                 .map_err(snapshot_error)?;
-            drop(applied);
-            // openraft 0.9 keeps only the metadata of a built snapshot
-            // (core/sm/worker.rs); what it sends to a follower comes from
-            // `get_current_snapshot`, which packs on demand. Packing here
-            // would copy the whole data log at every snapshot for nothing,
-            // so the data handed back is the snapshot's meta.json.
-            let meta_file = std::fs::File::open(this.shared.snapshots.current_meta_path())
-                .map_err(snapshot_error)?;
-            Ok(Snapshot {
-                meta: file.meta,
-                snapshot: Box::new(tokio::fs::File::from_std(meta_file)),
-            })
+            this.open_current()?
+                .ok_or_else(|| snapshot_error(LogError::Closed))
         })
         .await
         .map_err(|e| snapshot_error(std::io::Error::other(e)))?
     }
 
-    /// The current snapshot in transfer form.
-    fn open_current(
-        &self,
-        meta: SnapshotMeta<u64, BasicNode>,
-    ) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let packed = self.shared.snapshots.pack().map_err(snapshot_error)?;
-        let file = std::fs::File::open(packed).map_err(snapshot_error)?;
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(tokio::fs::File::from_std(file)),
-        })
+    /// The current snapshot, served as a reader over its files.
+    fn open_current(&self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        match self.shared.snapshots.open_current() {
+            Ok(Some((file, pack))) => Ok(Some(Snapshot {
+                meta: file.meta,
+                snapshot: Box::new(SnapshotData::reading(pack)),
+            })),
+            Ok(None) => Ok(None),
+            Err(e) => Err(snapshot_error(e)),
+        }
     }
 }
 
@@ -392,11 +391,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Builder { sm: self.clone() }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
-        let path = self
-            .shared
-            .snapshots
-            .receiving_file()
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
+        let snapshots = self.shared.snapshots.clone();
+        let path = tokio::task::spawn_blocking(move || snapshots.receiving_file())
+            .await
+            .map_err(|e| snapshot_error(std::io::Error::other(e)))?
             .map_err(snapshot_error)?;
         let file = tokio::fs::OpenOptions::new()
             .read(true)
@@ -404,40 +403,34 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .open(path)
             .await
             .map_err(snapshot_error)?;
-        Ok(Box::new(file))
+        Ok(Box::new(SnapshotData::receiving(file)))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<u64, BasicNode>,
-        snapshot: Box<tokio::fs::File>,
+        snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError> {
         let _guard = self.snapshot_lock().await?;
-        let mut received = snapshot;
-        tokio::io::AsyncWriteExt::flush(&mut *received)
-            .await
-            .map_err(snapshot_error)?;
-        let mut received = received.into_std().await;
+        let received = snapshot.into_received().await.map_err(snapshot_error)?;
         let this = self.clone();
         let meta = meta.clone();
         tokio::task::spawn_blocking(move || {
-            std::io::Seek::rewind(&mut received).map_err(snapshot_error)?;
-            this.install_blocking(received, &meta)
+            let reader = received.into_reader().map_err(snapshot_error)?;
+            this.install_blocking(reader, &meta)
         })
         .await
         .map_err(|e| snapshot_error(std::io::Error::other(e)))?
     }
 
+    /// Serves the current snapshot as a reader over its hard-linked files
+    /// (opened here; nothing is copied, at startup or later).
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         let _guard = self.snapshot_lock().await?;
         let this = self.clone();
-        tokio::task::spawn_blocking(move || match this.shared.snapshots.load_current() {
-            Ok(Some(file)) => this.open_current(file.meta).map(Some),
-            Ok(None) => Ok(None),
-            Err(e) => Err(snapshot_error(e)),
-        })
-        .await
-        .map_err(|e| snapshot_error(std::io::Error::other(e)))?
+        tokio::task::spawn_blocking(move || this.open_current())
+            .await
+            .map_err(|e| snapshot_error(std::io::Error::other(e)))?
     }
 }
 

@@ -280,3 +280,234 @@ async fn a_consumer_keeps_receiving_across_retention() {
     ));
     assert_eq!(sm.read(60).unwrap(), value(60));
 }
+
+/// Every file under `dir` with its length and inode: what a copy would
+/// change.
+fn listing(dir: &std::path::Path) -> std::collections::BTreeMap<std::path::PathBuf, (u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                todo.push(e.path());
+            } else {
+                out.insert(e.path(), (m.len(), m.ino()));
+            }
+        }
+    }
+    out
+}
+
+/// Bytes on disk of the distinct inodes under `dir`.
+fn disk_use(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::BTreeSet::new();
+    listing(dir)
+        .keys()
+        .map(|p| std::fs::metadata(p).unwrap())
+        .filter(|m| seen.insert(m.ino()))
+        .map(|m| m.blocks() * 512)
+        .sum()
+}
+
+async fn read_all(mut data: Box<super::transfer::SnapshotData>) -> Vec<u8> {
+    let mut out = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut *data, &mut out)
+        .await
+        .unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serving_the_current_snapshot_copies_nothing_also_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = leader_with_snapshot(dir.path(), 300).await;
+    let before = listing(dir.path());
+    let used = disk_use(dir.path());
+    let snap = sm.get_current_snapshot().await.unwrap().unwrap();
+    let again = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(listing(dir.path()), before, "no file created or changed");
+    assert_eq!(disk_use(dir.path()), used);
+    assert!(!dir.path().join("snapshots/packed").exists());
+
+    // Its size is the header, meta.json and the frozen store lengths.
+    let file = super::snapshot::SnapshotDir::open(dir.path().join("snapshots"))
+        .unwrap()
+        .load_current()
+        .unwrap()
+        .unwrap();
+    let frozen: u64 = file.files.iter().map(|f| 2 + 26 + 8 + f.len).sum();
+    let bytes = read_all(snap.snapshot).await;
+    let meta_len = serde_json::to_vec(&file).unwrap().len() as u64;
+    assert_eq!(
+        bytes.len() as u64,
+        super::transfer::HEADER_LEN as u64 + 2 + 9 + 8 + meta_len + frozen
+    );
+    assert_eq!(read_all(again.snapshot).await, bytes);
+
+    // openraft asks for the current snapshot at startup: still no copy.
+    sm.close().await.unwrap();
+    drop(sm);
+    let mut sm = StateMachine::open(dir.path(), tiny()).unwrap();
+    let before = listing(dir.path());
+    let snap = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(listing(dir.path()), before);
+    assert_eq!(read_all(snap.snapshot).await, bytes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_read_while_the_data_log_rolls_and_retains_yields_its_frozen_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut leader = leader_with_snapshot(dir.path(), 50).await;
+    let first = read_all(
+        leader
+            .get_current_snapshot()
+            .await
+            .unwrap()
+            .unwrap()
+            .snapshot,
+    )
+    .await;
+    let lazy = leader.get_current_snapshot().await.unwrap().unwrap();
+
+    // The data log appends past the frozen lengths, seals the active
+    // segment (dropping its pre-written tail) and rolls many times, and
+    // retention deletes the oldest segments.
+    for b in 0..40u64 {
+        let from = 50 + b * 5;
+        leader
+            .apply(vec![entry(2 + b, append(values(from, from + 5)))])
+            .await
+            .unwrap();
+    }
+    leader
+        .apply(vec![entry(
+            42,
+            EntryPayload::Normal(Request::Retain { lowest: 150 }),
+        )])
+        .await
+        .unwrap();
+    assert!(leader.data().lowest_offset() > 0, "segments were deleted");
+
+    // Read the way openraft sends it: seek to the end, then chunks by
+    // position (here backwards, to exercise seeking).
+    let mut data = lazy.snapshot;
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let end = data.seek(std::io::SeekFrom::End(0)).await.unwrap();
+    assert_eq!(end, first.len() as u64);
+    let mut streamed = vec![0u8; end as usize];
+    let chunk = 1000u64;
+    let starts: Vec<u64> = (0..end).step_by(chunk as usize).collect();
+    for &start in starts.iter().rev() {
+        data.seek(std::io::SeekFrom::Start(start)).await.unwrap();
+        let stop = (start + chunk).min(end);
+        data.read_exact(&mut streamed[start as usize..stop as usize])
+            .await
+            .unwrap();
+    }
+    assert_eq!(streamed, first, "exactly the frozen bytes");
+    assert_eq!(
+        read_all(
+            leader
+                .get_current_snapshot()
+                .await
+                .unwrap()
+                .unwrap()
+                .snapshot
+        )
+        .await,
+        first
+    );
+
+    // Installed elsewhere, it holds exactly the snapshot's records.
+    let follower_dir = tempfile::tempdir().unwrap();
+    let mut follower = StateMachine::open(follower_dir.path(), tiny()).unwrap();
+    let meta = lazy.meta.clone();
+    let mut receiving = follower.begin_receiving_snapshot().await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut *receiving, &streamed)
+        .await
+        .unwrap();
+    follower.install_snapshot(&meta, receiving).await.unwrap();
+    assert_eq!(follower.next_offset(), 50);
+    for o in 0..50 {
+        assert_eq!(follower.read(o).unwrap(), value(o));
+    }
+    assert!(follower.read(50).is_err());
+    assert_eq!(
+        follower.data().next_offset(),
+        50,
+        "nothing past the snapshot"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_installed_stream_reproduces_the_records_and_bad_streams_are_refused() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let mut leader = leader_with_snapshot(leader_dir.path(), 120).await;
+    let snap = leader.get_current_snapshot().await.unwrap().unwrap();
+    let meta = snap.meta.clone();
+    let good = read_all(snap.snapshot).await;
+
+    let follower_dir = tempfile::tempdir().unwrap();
+    let mut follower = StateMachine::open(follower_dir.path(), tiny()).unwrap();
+    follower
+        .apply(vec![entry(0, append(values(0, 3)))])
+        .await
+        .unwrap();
+    let meta_at = super::transfer::HEADER_LEN + 2 + 9 + 8;
+    let meta_len = u64::from_le_bytes(good[meta_at - 8..meta_at].try_into().unwrap()) as usize;
+    let first_file = meta_at + meta_len;
+    let mut bad: Vec<(&str, Vec<u8>)> = Vec::new();
+    let mut b = good.clone();
+    b[0] ^= 1;
+    bad.push(("bad magic", b));
+    bad.push(("truncated", good[..good.len() - 1].to_vec()));
+    let mut b = good.clone();
+    b.push(0);
+    bad.push(("trailing byte", b));
+    // The first store entry renamed to a path outside the directory.
+    let mut b = good.clone();
+    b[first_file + 2..first_file + 2 + 26].copy_from_slice(b"../../../../../../../x.sto");
+    bad.push(("path as name", b));
+    // The first store entry claims one more byte than meta.json lists.
+    let mut b = good.clone();
+    let len_at = first_file + 2 + 26;
+    let len = u64::from_le_bytes(b[len_at..len_at + 8].try_into().unwrap()) + 1;
+    b[len_at..len_at + 8].copy_from_slice(&len.to_le_bytes());
+    bad.push(("length mismatch", b));
+    for (what, bytes) in bad {
+        let mut receiving = follower.begin_receiving_snapshot().await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut *receiving, &bytes)
+            .await
+            .unwrap();
+        assert!(
+            follower.install_snapshot(&meta, receiving).await.is_err(),
+            "{what} refused"
+        );
+        assert_eq!(follower.next_offset(), 3, "{what}: state unchanged");
+        assert_eq!(follower.read(2).unwrap(), value(2));
+    }
+
+    let mut receiving = follower.begin_receiving_snapshot().await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut *receiving, &good)
+        .await
+        .unwrap();
+    follower.install_snapshot(&meta, receiving).await.unwrap();
+    for o in 0..120 {
+        assert_eq!(follower.read(o).unwrap(), value(o));
+    }
+    // The follower serves the same snapshot on (e.g. to a third node).
+    let served = follower.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(served.meta, meta);
+    let third_dir = tempfile::tempdir().unwrap();
+    let mut third = StateMachine::open(third_dir.path(), tiny()).unwrap();
+    let mut receiving = third.begin_receiving_snapshot().await.unwrap();
+    let mut source = served.snapshot;
+    tokio::io::copy(&mut source, &mut *receiving).await.unwrap();
+    third.install_snapshot(&meta, receiving).await.unwrap();
+    assert_eq!(third.read(119).unwrap(), value(119));
+    assert_eq!(third.next_offset(), 120);
+}
