@@ -35,8 +35,6 @@ pub struct LogStore {
 }
 
 const META_FILE: &str = "raft-meta.json";
-/// The most indexes an append may skip (see `append`).
-const MAX_HOLE: u64 = 1 << 20;
 
 impl LogStore {
     /// Opens the Raft log in `dir` (entries in `dir/entries`). The sync
@@ -100,6 +98,14 @@ impl LogStore {
             .map_err(std::io::Error::other)??;
         *self.meta.lock().unwrap_or_else(|e| e.into_inner()) = meta;
         Ok(())
+    }
+
+    /// The first half of [`RaftLogStorage::purge`] only: the metadata says
+    /// `log_id` is purged, the WAL is untouched, as a crash between the two
+    /// leaves them.
+    #[cfg(test)]
+    pub(crate) async fn purge_metadata_only(&self, log_id: LogId) -> std::io::Result<()> {
+        self.update_meta(|m| m.last_purged = Some(log_id)).await
     }
 
     /// Index of the first entry that may still be read.
@@ -169,9 +175,6 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 .log
                 .read_unsynced(i)
                 .map_err(|e| io_error(ErrorSubject::Log(read_log_id(i)), ErrorVerb::Read, e))?;
-            if bytes.is_empty() {
-                continue; // a hole: no entry at this index
-            }
             entries.push(
                 codec::decode(&bytes).map_err(|e| {
                     io_error(ErrorSubject::Log(read_log_id(i)), ErrorVerb::Read, *e)
@@ -249,17 +252,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         };
         let first_index = first.get_log_id().index;
         let written = self.log.written_offset();
-        let mut encoded: Vec<Vec<u8>> = Vec::with_capacity(entries.len());
         if first_index != written {
-            if written == self.first_index() {
-                // An empty log (new, or purged past its end) starts where
-                // the leader's entries start.
+            if written <= self.first_index() {
+                // A log with no readable entry (new, or purged past its
+                // end, also when a crash came between the purge's metadata
+                // update and its reset, leaving `written` below the first
+                // index) starts where the new entries start. Entries below
+                // the purge point stay unreadable, as purged ones are.
                 self.settled(move |log| log.reset(first_index)).await?;
-            } else if first_index > written && first_index - written <= MAX_HOLE {
-                // openraft appends contiguously; a caller that skips indexes
-                // gets empty records there, which read back as no entry.
-                encoded.resize((first_index - written) as usize, Vec::new());
             } else {
+                // openraft appends contiguously after truncating any
+                // conflict: a hole or an overlap is a bug, never padded.
                 return Err(write_err(LogError::Corrupt {
                     segment: self.log.dir().to_path_buf(),
                     position: first_index,
@@ -267,6 +270,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 }));
             }
         }
+        let mut encoded: Vec<Vec<u8>> = Vec::with_capacity(entries.len());
         if let Some(written) = self.log.over_unsynced_bound() {
             self.log.wait_durable(written).await.map_err(write_err)?;
         }
@@ -307,6 +311,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         .await
     }
 
+    /// Records the purge point durably, then drops the entries. A crash in
+    /// between leaves entries at or below the purge point (even a WAL that
+    /// ends before it); they are never read, and `append` starts an empty
+    /// or purged-past log where the new entries start.
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.update_meta(|m| m.last_purged = Some(log_id))
             .await

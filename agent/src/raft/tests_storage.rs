@@ -6,7 +6,7 @@
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use openraft::storage::RaftStateMachine;
+use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::{CommittedLeaderId, EntryPayload, Membership, RaftSnapshotBuilder};
 
 use super::{Entry, LogId, Request, Response, StateMachine, TypeConfig};
@@ -510,4 +510,85 @@ async fn an_installed_stream_reproduces_the_records_and_bad_streams_are_refused(
     third.install_snapshot(&meta, receiving).await.unwrap();
     assert_eq!(third.read(119).unwrap(), value(119));
     assert_eq!(third.next_offset(), 120);
+}
+
+fn blank(index: u64) -> Entry {
+    entry(index, EntryPayload::Blank)
+}
+
+/// A crash between the purge's metadata update and the WAL reset leaves a
+/// WAL that ends before the purge point; appends after the restart start
+/// where the leader's entries start, with no padding (here the gap is
+/// larger than any padding the old code allowed).
+#[tokio::test]
+async fn appends_work_after_a_crash_between_purge_metadata_and_reset() {
+    use openraft::storage::RaftLogStorageExt;
+    use openraft::RaftLogReader;
+    for purged in [20u64, 5_000_000] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = super::LogStore::open(dir.path(), tiny()).unwrap();
+        store
+            .blocking_append((0..10).map(blank).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        store.purge_metadata_only(log_id(purged)).await.unwrap();
+        drop(store); // the crash: no reset, no close
+
+        let mut store = super::LogStore::open(dir.path(), tiny()).unwrap();
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(purged)));
+        assert_eq!(state.last_log_id, Some(log_id(purged)));
+        assert!(store.try_get_log_entries(0..10).await.unwrap().is_empty());
+
+        let next: Vec<Entry> = (purged + 1..purged + 6).map(blank).collect();
+        store.blocking_append(next.clone()).await.unwrap();
+        assert_eq!(
+            store.try_get_log_entries(0..u64::MAX).await.unwrap(),
+            next,
+            "purge point {purged}"
+        );
+        let entries_dir = dir.path().join("entries");
+        let bytes: u64 = std::fs::read_dir(&entries_dir)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
+        assert!(bytes < 1 << 20, "no padding written ({bytes} bytes)");
+        store.close().unwrap();
+        drop(store);
+
+        let mut store = super::LogStore::open(dir.path(), tiny()).unwrap();
+        assert_eq!(
+            store.get_log_state().await.unwrap().last_log_id,
+            Some(log_id(purged + 5))
+        );
+        assert_eq!(store.try_get_log_entries(0..u64::MAX).await.unwrap(), next);
+    }
+}
+
+#[tokio::test]
+async fn entries_that_leave_a_hole_or_overlap_are_refused() {
+    use openraft::storage::RaftLogStorageExt;
+    use openraft::RaftLogReader;
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = super::LogStore::open(dir.path(), tiny()).unwrap();
+    let first: Vec<Entry> = (0..10).map(blank).collect();
+    store.blocking_append(first.clone()).await.unwrap();
+    assert!(store.blocking_append([blank(11)]).await.is_err(), "a hole");
+    assert!(
+        store.blocking_append([blank(5)]).await.is_err(),
+        "an overlap"
+    );
+    assert_eq!(
+        store.try_get_log_entries(0..u64::MAX).await.unwrap(),
+        first,
+        "nothing written by the refused appends"
+    );
+    // Purged past its end, the log starts where the next entries start.
+    store.purge(log_id(9)).await.unwrap();
+    store.blocking_append([blank(10)]).await.unwrap();
+    assert!(store.blocking_append([blank(12)]).await.is_err(), "a hole");
+    assert_eq!(
+        store.try_get_log_entries(0..u64::MAX).await.unwrap(),
+        vec![blank(10)]
+    );
 }
