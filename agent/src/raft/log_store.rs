@@ -157,7 +157,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
     ) -> Result<Vec<Entry>, StorageError> {
         let start = match range.start_bound() {
             Bound::Included(&s) => s,
-            Bound::Excluded(&s) => s + 1,
+            Bound::Excluded(&s) => s.saturating_add(1),
             Bound::Unbounded => 0,
         };
         let end = match range.end_bound() {
@@ -169,19 +169,34 @@ impl RaftLogReader<TypeConfig> for LogStore {
             start.max(self.first_index()),
             end.min(self.log.written_offset()),
         );
-        let mut entries = Vec::new();
-        for i in from..to {
-            let bytes = self
-                .log
-                .read_unsynced(i)
-                .map_err(|e| io_error(ErrorSubject::Log(read_log_id(i)), ErrorVerb::Read, e))?;
-            entries.push(
-                codec::decode(&bytes).map_err(|e| {
-                    io_error(ErrorSubject::Log(read_log_id(i)), ErrorVerb::Read, *e)
-                })?,
-            );
+        if from >= to {
+            return Ok(Vec::new());
         }
-        Ok(entries)
+        // Reads (page cache or disk) run on a blocking thread: openraft
+        // reads entries here to apply and to replicate them.
+        let log = Arc::clone(&self.log);
+        tokio::task::spawn_blocking(move || {
+            let mut entries = Vec::with_capacity((to - from).min(1024) as usize);
+            for i in from..to {
+                let read_err = |e| io_error(ErrorSubject::Log(read_log_id(i)), ErrorVerb::Read, e);
+                let bytes = log.read_unsynced(i).map_err(read_err)?;
+                // An empty record (a hole padded by older versions) does not
+                // decode: an error, as openraft's logs have no holes.
+                let entry = codec::decode(&bytes).map_err(|e| {
+                    io_error(ErrorSubject::Log(read_log_id(i)), ErrorVerb::Read, *e)
+                })?;
+                entries.push(entry);
+            }
+            Ok(entries)
+        })
+        .await
+        .map_err(|e| {
+            io_error(
+                ErrorSubject::Logs,
+                ErrorVerb::Read,
+                std::io::Error::other(e),
+            )
+        })?
     }
 }
 

@@ -143,7 +143,14 @@ impl StateMachine {
     /// core stopped; this keeps it from racing the next owner of the dir.
     pub async fn close(&self) -> Result<(), LogError> {
         *self.shared.snapshotting.lock().await = true;
-        self.data().close()
+        let data = self.data();
+        // Closing seals (syncs) the active segment: a blocking thread's job.
+        tokio::task::spawn_blocking(move || data.close())
+            .await
+            .map_err(|e| LogError::Io {
+                path: self.shared.dir.clone(),
+                source: std::io::Error::other(e),
+            })?
     }
 
     /// The current data log (for retention's view of its segments and for
