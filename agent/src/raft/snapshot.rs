@@ -133,11 +133,19 @@ impl SnapshotDir {
             fs::rename(&previous, dir.current())?;
             sync_dir(&dir.root)?;
         }
-        // Copies made by earlier versions, which packed snapshots to disk.
-        for stale in ["packed", "packed.tmp"] {
+        // Leftovers of a crash (a half-received stream, a build or install
+        // cut short) and copies made by earlier versions, which packed
+        // snapshots to disk: all would hold disk space until replaced.
+        for stale in ["receiving", "packed", "packed.tmp"] {
             match fs::remove_file(dir.root.join(stale)) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
                 _ => {}
+            }
+        }
+        for stale in ["building", "installing"] {
+            let path = dir.root.join(stale);
+            if path.exists() {
+                fs::remove_dir_all(&path)?;
             }
         }
         Ok(dir)

@@ -592,3 +592,31 @@ async fn entries_that_leave_a_hole_or_overlap_are_refused() {
         vec![blank(10)]
     );
 }
+
+/// A crash inside an install, after the old data log was moved aside and
+/// before the new one took its place, leaves no data log: open restores
+/// it from the (already current) snapshot's store files, rebuilding their
+/// indexes, and removes the leftovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_restores_the_data_log_after_a_crash_inside_an_install() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let mut leader = leader_with_snapshot(leader_dir.path(), 80).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut follower = StateMachine::open(dir.path(), tiny()).unwrap();
+    transfer(&mut leader, &mut follower).await;
+    follower.close().await.unwrap();
+    drop(follower);
+    let sm_dir = dir.path();
+    std::fs::rename(sm_dir.join("data"), sm_dir.join("data.old")).unwrap();
+    std::fs::create_dir(sm_dir.join("snapshots/installing")).unwrap();
+    std::fs::write(sm_dir.join("snapshots/receiving"), b"half a stream").unwrap();
+
+    let follower = StateMachine::open(sm_dir, tiny()).unwrap();
+    assert_eq!(follower.next_offset(), 80);
+    for o in 0..80 {
+        assert_eq!(follower.read(o).unwrap(), value(o));
+    }
+    for leftover in ["data.old", "snapshots/installing", "snapshots/receiving"] {
+        assert!(!sm_dir.join(leftover).exists(), "{leftover} removed");
+    }
+}
