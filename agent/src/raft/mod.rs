@@ -18,6 +18,11 @@
 //! applied again from the durable Raft log, which appends the same records
 //! at the same offsets (replay is idempotent). Each record is thus fsynced
 //! once, in the Raft log.
+//!
+//! Snapshots ([`snapshot`]) are hard links to the data log's store files
+//! with their lengths frozen at build time; openraft's `SnapshotData`
+//! ([`transfer`]) streams them lazily up to those lengths, so serving a
+//! snapshot (openraft asks for it at every start) copies nothing.
 
 // openraft's trait methods return its `StorageError` (over 200 bytes); our
 // helpers return it too rather than boxing and unboxing at every call.
@@ -29,9 +34,12 @@ pub mod node;
 pub mod producers;
 pub mod snapshot;
 pub mod state_machine;
+pub mod transfer;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_storage;
 
 use serde::{Deserialize, Serialize};
 
@@ -108,7 +116,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = tokio::fs::File,
+        SnapshotData = transfer::SnapshotData,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

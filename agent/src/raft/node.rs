@@ -666,11 +666,13 @@ impl CommitLog for RaftNode {
         })
     }
 
+    /// Reads an applied record without waiting for applies or snapshot
+    /// installs (see [`StateMachine::read`]).
     fn read(&self, offset: u64) -> Result<Vec<u8>, CommitError> {
         if offset < self.sm.lowest_offset() {
             return Err(LogError::OffsetOutOfRange { offset }.into());
         }
-        match self.sm.data().read(offset) {
+        match self.sm.read(offset) {
             Err(LogError::OffsetOutOfRange { .. }) if !self.caught_up.load(Ordering::Acquire) => {
                 Err(CommitError::Unavailable(
                     "replaying the raft log after a restart".into(),
@@ -680,8 +682,10 @@ impl CommitLog for RaftNode {
         }
     }
 
+    /// The state machine's watermark (next applied offset): it survives
+    /// snapshot installs, which replace the data log.
     fn subscribe(&self) -> watch::Receiver<u64> {
-        self.sm.data().subscribe()
+        self.sm.subscribe()
     }
 
     fn servers(&self) -> Vec<Server> {

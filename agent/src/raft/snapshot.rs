@@ -1,21 +1,27 @@
-//! Snapshots of the state machine on disk, and their transfer form.
+//! Snapshots of the state machine on disk.
 //!
 //! A snapshot is a directory `snapshots/current/` holding `meta.json` (the
-//! openraft metadata and the applied state: next offset, lowest offset,
-//! producer table) and hard links to the data log's segment files, so
-//! building one copies no record and never holds the log in memory. Data
-//! files are append-only below a snapshot's next offset, so the links stay
-//! valid as the log grows. For transfer, the directory is packed into one
-//! file: entries `name_len u16 | name | len u64 | bytes`.
+//! openraft metadata, the applied state: next offset, lowest offset,
+//! producer table, and the data log's store files with their lengths at
+//! build time) and hard links to those store files, so building one copies
+//! no record and never holds the log in memory. Store files are
+//! append-only below a snapshot's next offset, so the first `len` bytes of
+//! each link stay what they were at build time however the data log grows,
+//! rolls or seals; indexes are not kept (they are rebuilt from the stores
+//! on restore). For transfer, the snapshot is streamed from those files up
+//! to the frozen lengths ([`super::transfer`]); nothing is copied to serve
+//! it.
 
 use std::fs::{self, File};
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 use openraft::{BasicNode, SnapshotMeta};
 use serde::{Deserialize, Serialize};
 
 use super::producers::ProducerTable;
+use super::transfer::{self, Pack};
+use crate::log::SegmentInfo;
 
 /// What the state machine had applied when a snapshot was taken.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +34,16 @@ pub struct AppliedState {
     pub producers: ProducerTable,
 }
 
+/// A data-log store file of a snapshot and its length at build time: the
+/// snapshot is its first `len` bytes (the file may have grown since).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrozenFile {
+    /// File name, `{base:020}.store`.
+    pub name: String,
+    /// Bytes that belong to the snapshot.
+    pub len: u64,
+}
+
 /// The contents of `meta.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotFile {
@@ -35,9 +51,23 @@ pub struct SnapshotFile {
     pub meta: SnapshotMeta<u64, BasicNode>,
     /// The applied state.
     pub state: AppliedState,
+    /// The store files, oldest first, with their frozen lengths. Empty
+    /// only in snapshots written before lengths were recorded; those are
+    /// read with the files' lengths when loaded.
+    #[serde(default)]
+    pub files: Vec<FrozenFile>,
 }
 
-const META: &str = "meta.json";
+/// A snapshot being built: its store files are linked, its metadata not
+/// yet written (see [`SnapshotDir::link`]).
+#[derive(Debug)]
+pub struct Building {
+    dir: PathBuf,
+    files: Vec<FrozenFile>,
+}
+
+/// Name of the metadata file of a snapshot (and of its pack entry).
+pub const META: &str = "meta.json";
 
 /// The `snapshots/` directory of a state machine.
 #[derive(Debug, Clone)]
@@ -53,13 +83,43 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Whether a name from a packed snapshot is a plain segment or meta file
-/// (never a path: a peer must not write outside the snapshot directory).
-fn acceptable_name(name: &str) -> bool {
-    name == META
-        || (name.len() == 26
-            && name.as_bytes()[..20].iter().all(u8::is_ascii_digit)
-            && (name.ends_with(".store") || name.ends_with(".index")))
+/// Whether `name` is a plain store file name, `{20 digits}.store` (never a
+/// path: a peer must not write outside the snapshot directory).
+fn is_store_name(name: &str) -> bool {
+    name.len() == 26
+        && name.as_bytes()[..20].iter().all(u8::is_ascii_digit)
+        && name.ends_with(".store")
+}
+
+fn store_name(base: u64) -> String {
+    format!("{base:020}.store")
+}
+
+/// Checks the file list of a received `meta.json`: store names in strictly
+/// increasing order, each at least a store header and at most
+/// [`transfer::MAX_FILE_BYTES`] long, at least one.
+fn check_files(files: &[FrozenFile]) -> io::Result<()> {
+    if files.is_empty() {
+        return Err(invalid("snapshot lists no store file"));
+    }
+    for (i, f) in files.iter().enumerate() {
+        if !is_store_name(&f.name) {
+            return Err(invalid(format!(
+                "snapshot entry {:?} is not a store file",
+                f.name
+            )));
+        }
+        if i > 0 && files[i - 1].name >= f.name {
+            return Err(invalid(format!("snapshot file {} is out of order", f.name)));
+        }
+        if f.len < crate::log::store::HEADER_LEN || f.len > transfer::MAX_FILE_BYTES {
+            return Err(invalid(format!(
+                "snapshot file {} has an implausible length {}",
+                f.name, f.len
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl SnapshotDir {
@@ -73,6 +133,21 @@ impl SnapshotDir {
             fs::rename(&previous, dir.current())?;
             sync_dir(&dir.root)?;
         }
+        // Leftovers of a crash (a half-received stream, a build or install
+        // cut short) and copies made by earlier versions, which packed
+        // snapshots to disk: all would hold disk space until replaced.
+        for stale in ["receiving", "packed", "packed.tmp"] {
+            match fs::remove_file(dir.root.join(stale)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        for stale in ["building", "installing"] {
+            let path = dir.root.join(stale);
+            if path.exists() {
+                fs::remove_dir_all(&path)?;
+            }
+        }
         Ok(dir)
     }
 
@@ -80,71 +155,76 @@ impl SnapshotDir {
         self.root.join("current")
     }
 
-    /// The current snapshot's `meta.json` (a stand-in for its data where
-    /// the data is not read; see `StateMachine::build`).
-    pub fn current_meta_path(&self) -> PathBuf {
-        self.current().join(META)
-    }
-
     /// The current snapshot's metadata, if there is one.
     pub fn load_current(&self) -> io::Result<Option<SnapshotFile>> {
-        match fs::read(self.current().join(META)) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| invalid(format!("snapshot meta.json: {e}"))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Makes a new current snapshot from the segment files of `data_dir`
-    /// (hard links; the caller has synced the data log) and `file`.
-    pub fn create(&self, data_dir: &Path, file: &SnapshotFile) -> io::Result<()> {
-        let tmp = self.fresh_dir("building")?;
-        for entry in fs::read_dir(data_dir)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            if acceptable_name(&name.to_string_lossy()) {
-                fs::hard_link(entry.path(), tmp.join(&name))?;
-            }
-        }
-        write_synced(
-            &tmp.join(META),
-            &serde_json::to_vec(file).expect("meta serializes"),
-        )?;
-        sync_dir(&tmp)?;
-        self.make_current(&tmp)
-    }
-
-    /// Packs the current snapshot into one file for transfer.
-    /// Packs once per snapshot: the file is reused until a new snapshot
-    /// becomes current (which removes it).
-    pub fn pack(&self) -> io::Result<PathBuf> {
         let current = self.current();
-        let out = self.root.join("packed");
-        if out.exists() {
-            return Ok(out);
-        }
-        let tmp = self.root.join("packed.tmp");
-        let mut w = BufWriter::new(File::create(&tmp)?);
-        let mut names: Vec<_> = fs::read_dir(&current)?
-            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
-            .collect::<io::Result<_>>()?;
-        names.sort();
-        for name in names.iter().filter(|n| acceptable_name(n)) {
-            let mut f = File::open(current.join(name))?;
-            let len = f.metadata()?.len();
-            w.write_all(&(name.len() as u16).to_le_bytes())?;
-            w.write_all(name.as_bytes())?;
-            w.write_all(&len.to_le_bytes())?;
-            let copied = io::copy(&mut (&mut f).take(len), &mut w)?;
-            if copied != len {
-                return Err(invalid(format!("{name} shrank while packing")));
+        let mut file: SnapshotFile = match fs::read(current.join(META)) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| invalid(format!("snapshot meta.json: {e}")))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if file.files.is_empty() {
+            // Written before lengths were recorded: take the store files
+            // as they are now.
+            for entry in fs::read_dir(&current)? {
+                let entry = entry?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if is_store_name(&name) {
+                    let len = entry.metadata()?.len();
+                    file.files.push(FrozenFile { name, len });
+                }
             }
+            file.files.sort_by(|a, b| a.name.cmp(&b.name));
         }
-        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        fs::rename(&tmp, &out)?;
-        Ok(out)
+        Ok(Some(file))
+    }
+
+    /// Starts a snapshot of the data log in `data_dir` whose segments are
+    /// `segments`: hard-links each store file and records its current
+    /// length. Cheap (no data is read or synced); the caller holds the
+    /// data log still, then makes it durable and calls
+    /// [`SnapshotDir::finish`].
+    pub fn link(&self, data_dir: &Path, segments: &[SegmentInfo]) -> io::Result<Building> {
+        let dir = self.fresh_dir("building")?;
+        let mut files = Vec::with_capacity(segments.len());
+        for s in segments {
+            let name = store_name(s.base);
+            fs::hard_link(data_dir.join(&name), dir.join(&name))?;
+            files.push(FrozenFile { name, len: s.bytes });
+        }
+        Ok(Building { dir, files })
+    }
+
+    /// Writes the metadata of a snapshot started with [`SnapshotDir::link`]
+    /// and makes it current (the data log is durable up to the frozen
+    /// lengths by now). Returns its `meta.json` contents.
+    pub fn finish(
+        &self,
+        building: Building,
+        meta: SnapshotMeta<u64, BasicNode>,
+        state: AppliedState,
+    ) -> io::Result<SnapshotFile> {
+        let file = SnapshotFile {
+            meta,
+            state,
+            files: building.files,
+        };
+        write_synced(&building.dir.join(META), &to_json(&file)?)?;
+        sync_dir(&building.dir)?;
+        self.make_current(&building.dir)?;
+        Ok(file)
+    }
+
+    /// The current snapshot and a reader of its transfer form over its
+    /// files (opened now, so a later snapshot replacing this one does not
+    /// disturb it). Nothing is copied.
+    pub fn open_current(&self) -> io::Result<Option<(SnapshotFile, Pack)>> {
+        let Some(file) = self.load_current()? else {
+            return Ok(None);
+        };
+        let pack = Pack::new(to_json(&file)?, &self.current(), &file.files)?;
+        Ok(Some((file, pack)))
     }
 
     /// A new file to receive a packed snapshot into.
@@ -154,8 +234,9 @@ impl SnapshotDir {
         Ok(path)
     }
 
-    /// Unpacks a received snapshot, records `meta` as its metadata, makes
-    /// it current, and returns it.
+    /// Unpacks a received snapshot (checking it against the pack format's
+    /// rules, see [`super::transfer`]), records `meta` as its metadata,
+    /// makes it current, and returns it.
     pub fn install(
         &self,
         packed: impl Read,
@@ -163,33 +244,37 @@ impl SnapshotDir {
     ) -> io::Result<SnapshotFile> {
         let tmp = self.fresh_dir("installing")?;
         let mut r = BufReader::new(packed);
-        let mut file: Option<SnapshotFile> = None;
-        loop {
-            let mut len2 = [0u8; 2];
-            match r.read_exact(&mut len2) {
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
-                other => other?,
-            }
-            let mut name = vec![0u8; u16::from_le_bytes(len2) as usize];
-            r.read_exact(&mut name)?;
-            let name =
-                String::from_utf8(name).map_err(|_| invalid("snapshot entry name is not UTF-8"))?;
-            if !acceptable_name(&name) {
+        let mut header = [0u8; transfer::HEADER_LEN];
+        read_exact(&mut r, &mut header, "header")?;
+        if header[..8] != transfer::MAGIC {
+            return Err(invalid("not a proglog snapshot (bad magic)"));
+        }
+        if u32::from_le_bytes([header[8], header[9], header[10], header[11]]) != transfer::VERSION {
+            return Err(invalid("unsupported snapshot format version"));
+        }
+        let (name, len) = read_entry_header(&mut r)?;
+        if name != META {
+            return Err(invalid(format!(
+                "snapshot starts with {name:?}, not {META}"
+            )));
+        }
+        if len > transfer::MAX_META_BYTES {
+            return Err(invalid(format!(
+                "snapshot {META} of {len} bytes is too large"
+            )));
+        }
+        let mut bytes = vec![0u8; len as usize];
+        read_exact(&mut r, &mut bytes, META)?;
+        let mut file: SnapshotFile =
+            serde_json::from_slice(&bytes).map_err(|e| invalid(format!("{META}: {e}")))?;
+        check_files(&file.files)?;
+        for expected in &file.files {
+            let (name, len) = read_entry_header(&mut r)?;
+            if name != expected.name || len != expected.len {
                 return Err(invalid(format!(
-                    "snapshot entry {name:?} is not a segment file"
+                    "snapshot entry {name:?} of {len} bytes where {META} lists {:?} of {}",
+                    expected.name, expected.len
                 )));
-            }
-            let mut len8 = [0u8; 8];
-            r.read_exact(&mut len8)?;
-            let len = u64::from_le_bytes(len8);
-            if name == META {
-                let mut bytes = Vec::new();
-                (&mut r).take(len).read_to_end(&mut bytes)?;
-                file = Some(
-                    serde_json::from_slice(&bytes)
-                        .map_err(|e| invalid(format!("meta.json: {e}")))?,
-                );
-                continue;
             }
             let mut out = File::create(tmp.join(&name))?;
             if io::copy(&mut (&mut r).take(len), &mut out)? != len {
@@ -197,12 +282,11 @@ impl SnapshotDir {
             }
             out.sync_all()?;
         }
-        let mut file = file.ok_or_else(|| invalid("snapshot has no meta.json"))?;
+        if r.read(&mut [0u8; 1])? != 0 {
+            return Err(invalid("snapshot has bytes after its last file"));
+        }
         file.meta = meta.clone();
-        write_synced(
-            &tmp.join(META),
-            &serde_json::to_vec(&file).expect("meta serializes"),
-        )?;
+        write_synced(&tmp.join(META), &to_json(&file)?)?;
         sync_dir(&tmp)?;
         self.make_current(&tmp)?;
         let _ = fs::remove_file(self.root.join("receiving"));
@@ -210,15 +294,16 @@ impl SnapshotDir {
     }
 
     /// Fills the empty directory `data_dir` with hard links to the current
-    /// snapshot's segment files.
+    /// snapshot's store files (the data log rebuilds their indexes and is
+    /// cut to the snapshot's next offset by the caller).
     pub fn restore_into(&self, data_dir: &Path) -> io::Result<()> {
+        let file = self
+            .load_current()?
+            .ok_or_else(|| invalid("no current snapshot to restore"))?;
         fs::create_dir_all(data_dir)?;
-        for entry in fs::read_dir(self.current())? {
-            let entry = entry?;
-            let name = entry.file_name();
-            if name != META {
-                fs::hard_link(entry.path(), data_dir.join(&name))?;
-            }
+        let current = self.current();
+        for f in &file.files {
+            fs::hard_link(current.join(&f.name), data_dir.join(&f.name))?;
         }
         sync_dir(data_dir)
     }
@@ -247,9 +332,44 @@ impl SnapshotDir {
         if old.exists() {
             fs::remove_dir_all(&old)?;
         }
-        let _ = fs::remove_file(self.root.join("packed"));
         Ok(())
     }
+}
+
+/// Reads a pack entry's header: a store or meta name and a length.
+fn read_entry_header(r: &mut impl Read) -> io::Result<(String, u64)> {
+    let mut len2 = [0u8; 2];
+    read_exact(r, &mut len2, "entry header")?;
+    let name_len = u16::from_le_bytes(len2) as usize;
+    if name_len > transfer::MAX_NAME_LEN {
+        return Err(invalid(format!("snapshot entry name of {name_len} bytes")));
+    }
+    let mut name = vec![0u8; name_len];
+    read_exact(r, &mut name, "entry name")?;
+    let name = String::from_utf8(name).map_err(|_| invalid("snapshot entry name is not UTF-8"))?;
+    if name != META && !is_store_name(&name) {
+        return Err(invalid(format!(
+            "snapshot entry {name:?} is not a store file"
+        )));
+    }
+    let mut len8 = [0u8; 8];
+    read_exact(r, &mut len8, "entry length")?;
+    Ok((name, u64::from_le_bytes(len8)))
+}
+
+/// `read_exact` whose early end names what was cut short.
+fn read_exact(r: &mut impl Read, buf: &mut [u8], what: &str) -> io::Result<()> {
+    r.read_exact(buf).map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            invalid(format!("snapshot is truncated in its {what}"))
+        } else {
+            e
+        }
+    })
+}
+
+fn to_json(file: &SnapshotFile) -> io::Result<Vec<u8>> {
+    serde_json::to_vec(file).map_err(io::Error::other)
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {

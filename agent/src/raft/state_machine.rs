@@ -5,9 +5,21 @@
 //! table makes retried sequences return their original offsets. The data
 //! log does not fsync: on open it is cut back to the last snapshot, and
 //! openraft applies the committed entries after it again from the Raft log.
+//!
+//! Reads never wait for applies: the data log sits in an `ArcSwap` (a
+//! snapshot install swaps in a fully opened new log), the lowest offset is
+//! an atomic, and the next applied offset is a watch channel (the
+//! watermark) that lives as long as the state machine, so consumers keep
+//! waiting on it across installs. The applied-state mutex is taken only by
+//! apply, snapshot builds and installs, and the disk work of apply runs on
+//! a blocking thread (openraft awaits each apply, so order is kept).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -16,7 +28,8 @@ use openraft::{
 };
 
 use super::producers::Verdict;
-use super::snapshot::{AppliedState, SnapshotDir, SnapshotFile};
+use super::snapshot::{AppliedState, SnapshotDir};
+use super::transfer::SnapshotData;
 use super::{io_error, Entry, LogId, Request, Response, StorageError, TypeConfig};
 use crate::log::{Log, LogConfig, LogError, SyncPolicy};
 
@@ -32,8 +45,15 @@ struct Applied {
 struct Shared {
     dir: PathBuf,
     config: LogConfig,
-    data: RwLock<Arc<Log>>,
+    /// The data log; replaced whole by a snapshot install.
+    data: ArcSwap<Log>,
+    /// Taken by apply, builds and installs; never by reads.
     applied: Mutex<Applied>,
+    /// Mirror of `applied.state.lowest` for reads.
+    lowest: AtomicU64,
+    /// The next applied offset (mirror of `applied.state.next_offset`),
+    /// published after each apply and install. It outlives data-log swaps.
+    watermark: watch::Sender<u64>,
     snapshots: SnapshotDir,
     /// Serializes snapshot builds and installs; `true` once closed, after
     /// which they fail instead of touching the directory.
@@ -98,11 +118,19 @@ impl StateMachine {
                 (Applied::default(), data)
             }
         };
+        for stale in ["data.installing", "data.old"] {
+            let path = dir.join(stale);
+            if path.exists() {
+                std::fs::remove_dir_all(&path).map_err(io(&path))?;
+            }
+        }
         Ok(StateMachine {
             shared: Arc::new(Shared {
                 dir: dir.to_path_buf(),
                 config,
-                data: RwLock::new(Arc::new(data)),
+                data: ArcSwap::from_pointee(data),
+                lowest: AtomicU64::new(applied.state.lowest),
+                watermark: watch::Sender::new(applied.state.next_offset),
                 applied: Mutex::new(applied),
                 snapshots,
                 snapshotting: tokio::sync::Mutex::new(false),
@@ -115,17 +143,77 @@ impl StateMachine {
     /// core stopped; this keeps it from racing the next owner of the dir.
     pub async fn close(&self) -> Result<(), LogError> {
         *self.shared.snapshotting.lock().await = true;
-        self.data().close()
+        let data = self.data();
+        // Closing seals (syncs) the active segment: a blocking thread's job.
+        tokio::task::spawn_blocking(move || data.close())
+            .await
+            .map_err(|e| LogError::Io {
+                path: self.shared.dir.clone(),
+                source: std::io::Error::other(e),
+            })?
     }
 
-    /// The data log (reads, and waiting for new records).
+    /// The current data log (for retention's view of its segments and for
+    /// tests). A snapshot install replaces it: read through
+    /// [`StateMachine::read`], which follows the swap.
     pub fn data(&self) -> Arc<Log> {
-        Arc::clone(&self.shared.data.read().unwrap_or_else(|e| e.into_inner()))
+        self.shared.data.load_full()
     }
 
-    /// Lowest offset readable (retention may sit inside a segment).
+    /// Lowest offset readable (retention may sit inside a segment). Never
+    /// waits for an apply.
     pub fn lowest_offset(&self) -> u64 {
-        self.lock_applied().state.lowest
+        self.shared.lowest.load(Ordering::Acquire)
+    }
+
+    /// The offset the next applied record gets: records below it are
+    /// applied and readable (from the lowest offset on).
+    pub fn next_offset(&self) -> u64 {
+        *self.shared.watermark.borrow()
+    }
+
+    /// A receiver of the next applied offset, updated after every apply and
+    /// snapshot install. Unlike a data log's own watch, it survives the
+    /// data log being replaced by an install, so consumers waiting at the
+    /// end of the log keep receiving.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.shared.watermark.subscribe()
+    }
+
+    /// Reads the applied record at `offset` without waiting for applies,
+    /// builds or installs. Offsets outside `lowest..next` are
+    /// [`LogError::OffsetOutOfRange`]. A read that raced an install and hit
+    /// the closed old log is retried on the new one (same offsets, same
+    /// records: the log is replicated).
+    pub fn read(&self, offset: u64) -> Result<Vec<u8>, LogError> {
+        if offset < self.lowest_offset() || offset >= self.next_offset() {
+            return Err(LogError::OffsetOutOfRange { offset });
+        }
+        loop {
+            let data = self.shared.data.load_full();
+            match data.read(offset) {
+                Err(LogError::Closed) if !Arc::ptr_eq(&data, &self.shared.data.load()) => {}
+                other => return other,
+            }
+        }
+    }
+
+    /// Publishes the applied bounds to readers.
+    fn publish(&self, state: &AppliedState) {
+        self.shared.lowest.store(state.lowest, Ordering::Release);
+        let next = state.next_offset;
+        self.shared.watermark.send_if_modified(|v| {
+            let changed = *v != next;
+            *v = next;
+            changed
+        });
+    }
+
+    /// Holds the applied-state lock (as a slow apply would), for tests
+    /// showing that reads do not take it.
+    #[cfg(test)]
+    pub(crate) fn hold_apply_lock(&self) -> impl Sized + '_ {
+        self.lock_applied()
     }
 
     /// The snapshot lock, unless the state machine is closed.
@@ -190,6 +278,8 @@ impl StateMachine {
                 let lowest = lowest
                     .min(applied.state.next_offset)
                     .max(applied.state.lowest);
+                // Readers see the new bound before the files go.
+                self.shared.lowest.store(lowest, Ordering::Release);
                 data.truncate_prefix(lowest)?;
                 applied.state.lowest = lowest;
                 Ok(Response::Retained { lowest })
@@ -201,59 +291,57 @@ impl StateMachine {
         }
     }
 
-    /// Builds a snapshot of everything applied: syncs the data log, links
-    /// its files, records the state.
+    /// Builds a snapshot of everything applied. Under the applied-state
+    /// lock only what must match the applied state: its copy, and hard
+    /// links to the data log's store files with their lengths (no data is
+    /// read or synced). The sync of the data log up to those lengths and
+    /// the metadata write run after the lock is released, so applies wait
+    /// only for the links, and reads never wait.
     async fn build(&self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let _guard = self.snapshot_lock().await?;
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
-            let applied = this.lock_applied();
-            let data = this.data();
-            data.sync().map_err(snapshot_error)?;
-            let id = match applied.last_applied {
-                Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, now_ms()),
-                None => format!("none-{}", now_ms()),
-            };
-            let file = SnapshotFile {
-                meta: SnapshotMeta {
+            let snapshots = &this.shared.snapshots;
+            let (meta, state, building, data) = {
+                let applied = this.lock_applied();
+                let data = this.data();
+                let building = snapshots
+                    .link(data.dir(), &data.segments())
+                    .map_err(snapshot_error)?;
+                let id = match applied.last_applied {
+                    Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, now_ms()),
+                    None => format!("none-{}", now_ms()),
+                };
+                let meta = SnapshotMeta {
                     last_log_id: applied.last_applied,
                     last_membership: applied.membership.clone(),
                     snapshot_id: id,
-                },
-                state: applied.state.clone(),
+                };
+                (meta, applied.state.clone(), building, data)
             };
-            this.shared
-                .snapshots
-                .create(data.dir(), &file)
+            // Sealed segments were synced when sealed; this covers the
+            // active one (and more, which is harmless).
+            data.sync().map_err(snapshot_error)?;
+            snapshots
+                .finish(building, meta, state)
                 .map_err(snapshot_error)?;
-            drop(applied);
-            // openraft 0.9 keeps only the metadata of a built snapshot
-            // (core/sm/worker.rs); what it sends to a follower comes from
-            // `get_current_snapshot`, which packs on demand. Packing here
-            // would copy the whole data log at every snapshot for nothing,
-            // so the data handed back is the snapshot's meta.json.
-            let meta_file = std::fs::File::open(this.shared.snapshots.current_meta_path())
-                .map_err(snapshot_error)?;
-            Ok(Snapshot {
-                meta: file.meta,
-                snapshot: Box::new(tokio::fs::File::from_std(meta_file)),
-            })
+            this.open_current()?
+                .ok_or_else(|| snapshot_error(LogError::Closed))
         })
         .await
         .map_err(|e| snapshot_error(std::io::Error::other(e)))?
     }
 
-    /// The current snapshot in transfer form.
-    fn open_current(
-        &self,
-        meta: SnapshotMeta<u64, BasicNode>,
-    ) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let packed = self.shared.snapshots.pack().map_err(snapshot_error)?;
-        let file = std::fs::File::open(packed).map_err(snapshot_error)?;
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(tokio::fs::File::from_std(file)),
-        })
+    /// The current snapshot, served as a reader over its files.
+    fn open_current(&self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        match self.shared.snapshots.open_current() {
+            Ok(Some((file, pack))) => Ok(Some(Snapshot {
+                meta: file.meta,
+                snapshot: Box::new(SnapshotData::reading(pack)),
+            })),
+            Ok(None) => Ok(None),
+            Err(e) => Err(snapshot_error(e)),
+        }
     }
 }
 
@@ -301,18 +389,87 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut replies = Vec::new();
-        // Applied in place under the lock (no await below): a failure is
-        // fatal to openraft anyway, and cloning the producer table per
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let this = self.clone();
+        // The data writes (and the fsync of a segment that rolls over) run
+        // on a blocking thread; openraft awaits this before the next apply.
+        tokio::task::spawn_blocking(move || this.apply_blocking(entries))
+            .await
+            .map_err(|e| sm_error(std::io::Error::other(e)))?
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        Builder { sm: self.clone() }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
+        let snapshots = self.shared.snapshots.clone();
+        let path = tokio::task::spawn_blocking(move || snapshots.receiving_file())
+            .await
+            .map_err(|e| snapshot_error(std::io::Error::other(e)))?
+            .map_err(snapshot_error)?;
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .await
+            .map_err(snapshot_error)?;
+        Ok(Box::new(SnapshotData::receiving(file)))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, BasicNode>,
+        snapshot: Box<SnapshotData>,
+    ) -> Result<(), StorageError> {
+        let _guard = self.snapshot_lock().await?;
+        let received = snapshot.into_received().await.map_err(snapshot_error)?;
+        let this = self.clone();
+        let meta = meta.clone();
+        tokio::task::spawn_blocking(move || {
+            let reader = received.into_reader().map_err(snapshot_error)?;
+            this.install_blocking(reader, &meta)
+        })
+        .await
+        .map_err(|e| snapshot_error(std::io::Error::other(e)))?
+    }
+
+    /// Serves the current snapshot as a reader over its hard-linked files
+    /// (opened here; nothing is copied, at startup or later).
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let _guard = self.snapshot_lock().await?;
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.open_current())
+            .await
+            .map_err(|e| snapshot_error(std::io::Error::other(e)))?
+    }
+}
+
+impl StateMachine {
+    /// Applies entries in order under the applied-state lock, then
+    /// publishes the new bounds (also after a failure, for what was
+    /// applied: a failure is fatal to openraft anyway).
+    fn apply_blocking(&self, entries: Vec<Entry>) -> Result<Vec<Response>, StorageError> {
+        let mut replies = Vec::with_capacity(entries.len());
+        // Applied in place under the lock: cloning the producer table per
         // entry batch would cost more than the append.
         let mut guard = self.lock_applied();
         let applied = &mut *guard;
+        let mut result = Ok(());
         for entry in entries {
             let reply = match entry.payload {
                 EntryPayload::Blank => Response::Empty,
-                EntryPayload::Normal(req) => self.apply_request(applied, req).map_err(|e| {
-                    io_error(ErrorSubject::Apply(entry.log_id), ErrorVerb::Write, e)
-                })?,
+                EntryPayload::Normal(req) => match self.apply_request(applied, req) {
+                    Ok(reply) => reply,
+                    Err(e) => {
+                        result = Err(io_error(
+                            ErrorSubject::Apply(entry.log_id),
+                            ErrorVerb::Write,
+                            e,
+                        ));
+                        break;
+                    }
+                },
                 EntryPayload::Membership(m) => {
                     applied.membership = StoredMembership::new(Some(entry.log_id), m);
                     Response::Empty
@@ -321,93 +478,62 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             applied.last_applied = Some(entry.log_id);
             replies.push(reply);
         }
-        Ok(replies)
+        self.publish(&applied.state);
+        result.map(|()| replies)
     }
 
-    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        Builder { sm: self.clone() }
-    }
-
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
-        let path = self
-            .shared
-            .snapshots
-            .receiving_file()
-            .map_err(snapshot_error)?;
-        let file = tokio::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .await
-            .map_err(snapshot_error)?;
-        Ok(Box::new(file))
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta<u64, BasicNode>,
-        snapshot: Box<tokio::fs::File>,
-    ) -> Result<(), StorageError> {
-        let _guard = self.snapshot_lock().await?;
-        let mut received = snapshot;
-        tokio::io::AsyncWriteExt::flush(&mut *received)
-            .await
-            .map_err(snapshot_error)?;
-        let received = received.into_std().await;
-        let this = self.clone();
-        let meta = meta.clone();
-        tokio::task::spawn_blocking(move || this.install_blocking(received, &meta))
-            .await
-            .map_err(|e| snapshot_error(std::io::Error::other(e)))?
-    }
-
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let _guard = self.snapshot_lock().await?;
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || match this.shared.snapshots.load_current() {
-            Ok(Some(file)) => this.open_current(file.meta).map(Some),
-            Ok(None) => Ok(None),
-            Err(e) => Err(snapshot_error(e)),
-        })
-        .await
-        .map_err(|e| snapshot_error(std::io::Error::other(e)))?
-    }
-}
-
-impl StateMachine {
-    /// Makes a received snapshot current and rebuilds the data log from it.
+    /// Makes a received snapshot current and replaces the data log with
+    /// one opened from it. The new log is opened and cut to the snapshot's
+    /// bounds before any lock is taken; only the swap itself holds the
+    /// applied-state lock. Readers holding the old log keep reading it
+    /// (its files stay open) until it is closed, then retry on the new one.
     fn install_blocking(
         &self,
-        mut received: std::fs::File,
+        received: impl std::io::Read,
         meta: &SnapshotMeta<u64, BasicNode>,
     ) -> Result<(), StorageError> {
-        use std::io::Seek;
         let snapshots = &self.shared.snapshots;
-        received.rewind().map_err(snapshot_error)?;
         let file = snapshots.install(received, meta).map_err(snapshot_error)?;
-        let data_dir = self.shared.dir.join("data");
-        let fresh = self.shared.dir.join("data.installing");
-        if fresh.exists() {
-            std::fs::remove_dir_all(&fresh).map_err(snapshot_error)?;
+        let dir = &self.shared.dir;
+        let (data_dir, fresh, old) = (
+            dir.join("data"),
+            dir.join("data.installing"),
+            dir.join("data.old"),
+        );
+        for stale in [&fresh, &old] {
+            if stale.exists() {
+                std::fs::remove_dir_all(stale).map_err(snapshot_error)?;
+            }
         }
         snapshots.restore_into(&fresh).map_err(snapshot_error)?;
-        let mut applied = self.lock_applied();
-        let mut slot = self.shared.data.write().unwrap_or_else(|e| e.into_inner());
-        slot.close().map_err(sm_error)?;
-        let old = self.shared.dir.join("data.old");
+        // The old log keeps its open files under `data.old`; nothing writes
+        // to it meanwhile (apply and install are serialized by openraft,
+        // builds by the snapshot lock). A crash here leaves no `data`, and
+        // open restores it from the (already current) snapshot.
         std::fs::rename(&data_dir, &old).map_err(snapshot_error)?;
         std::fs::rename(&fresh, &data_dir).map_err(snapshot_error)?;
-        crate::log::sync_dir(&self.shared.dir).map_err(sm_error)?;
-        let _ = std::fs::remove_dir_all(&old);
+        crate::log::sync_dir(dir).map_err(sm_error)?;
         let data = Log::open(&data_dir, self.shared.config.clone()).map_err(sm_error)?;
         cut_to(&data, file.state.next_offset).map_err(sm_error)?;
         data.truncate_prefix(file.state.lowest).map_err(sm_error)?;
-        *slot = Arc::new(data);
-        *applied = Applied {
-            last_applied: file.meta.last_log_id,
-            membership: file.meta.last_membership.clone(),
-            state: file.state,
+        let previous = {
+            let mut applied = self.lock_applied();
+            let previous = self.shared.data.swap(Arc::new(data));
+            *applied = Applied {
+                last_applied: file.meta.last_log_id,
+                membership: file.meta.last_membership.clone(),
+                state: file.state,
+            };
+            self.publish(&applied.state);
+            previous
         };
+        if let Err(e) = previous.close() {
+            tracing::warn!(error = %e, "closing the replaced data log failed");
+        }
+        drop(previous);
+        if let Err(e) = std::fs::remove_dir_all(&old) {
+            tracing::warn!(error = %e, dir = %old.display(), "removing the replaced data log failed");
+        }
         Ok(())
     }
 }

@@ -151,7 +151,7 @@ async fn an_installed_snapshot_carries_records_and_the_next_offset() {
         .build_snapshot()
         .await
         .unwrap();
-    // As openraft does when it sends a snapshot: the current one, packed.
+    // As openraft does when it sends a snapshot: the current one, streamed.
     let snap = leader.get_current_snapshot().await.unwrap().unwrap();
 
     let follower_dir = tempfile::tempdir().unwrap();
