@@ -11,6 +11,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, RaftLogReader};
 use serde::{Deserialize, Serialize};
 
+use super::recent::RecentEntries;
 use super::{codec, io_error, Entry, LogId, StorageError, TypeConfig, Vote};
 use crate::log::{Log, LogConfig, LogError, SyncPolicy};
 
@@ -34,6 +35,8 @@ pub struct LogStore {
     meta: Arc<Mutex<Meta>>,
     /// Entries count as flushed once written (`--sync interval|never`).
     ack_on_write: bool,
+    /// The entries appended last, for openraft's read-back before apply.
+    recent: Arc<Mutex<RecentEntries>>,
 }
 
 const META_FILE: &str = "raft-meta.json";
@@ -72,6 +75,7 @@ impl LogStore {
             meta_path,
             meta: Arc::new(Mutex::new(meta)),
             ack_on_write,
+            recent: Arc::default(),
         })
     }
 
@@ -110,6 +114,10 @@ impl LogStore {
     #[cfg(test)]
     pub(crate) async fn purge_metadata_only(&self, log_id: LogId) -> std::io::Result<()> {
         self.update_meta(|m| m.last_purged = Some(log_id)).await
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, RecentEntries> {
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Index of the first entry that may still be read.
@@ -175,6 +183,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         );
         if from >= to {
             return Ok(Vec::new());
+        }
+        if let Some(entries) = self.recent().get(from, to) {
+            return Ok(entries);
         }
         // Reads (page cache or disk) run on a blocking thread: openraft
         // reads entries here to apply and to replicate them.
@@ -297,9 +308,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // a blocking thread; openraft awaits this append before the next,
         // so entries stay in order.
         let log = Arc::clone(&self.log);
-        let appended = tokio::task::spawn_blocking(move || {
+        let (appended, entries) = tokio::task::spawn_blocking(move || {
             encoded.extend(entries.iter().map(codec::encode));
-            log.append_batch_nowait(&encoded)
+            log.append_batch_nowait(&encoded).map(|a| (a, entries))
         })
         .await
         .map_err(|e| {
@@ -310,6 +321,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             )
         })?
         .map_err(write_err)?;
+        self.recent().push(entries);
         if self.ack_on_write {
             callback.log_io_completed(Ok(()));
             return Ok(());
@@ -326,6 +338,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let index = log_id.index;
+        self.recent().truncate_from(index);
         let lowest = self.log.lowest_offset();
         self.settled(move |log| match index.checked_sub(1) {
             Some(after) if index > lowest => log.truncate_suffix(after),
@@ -342,6 +355,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.update_meta(|m| m.last_purged = Some(log_id))
             .await
             .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+        self.recent().purge_through(log_id.index);
         let keep_from = log_id.index + 1;
         self.settled(move |log| {
             if keep_from >= log.written_offset() {

@@ -32,6 +32,7 @@ pub mod codec;
 pub mod log_store;
 pub mod node;
 pub mod producers;
+mod recent;
 pub mod snapshot;
 pub mod state_machine;
 pub mod transfer;
