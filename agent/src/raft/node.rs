@@ -31,7 +31,9 @@ use tracing::{error, info, warn};
 
 use super::{LogStore, Request, Response, StateMachine, TypeConfig};
 use crate::log::{retention_point, LogConfig, LogError, SegmentInfo};
-use crate::server::{CommitError, CommitLog, Durable, Ordered, Producer};
+use crate::server::{
+    CommitError, CommitLog, Durable, Ordered, Producer, Reading, READ_BATCH_BYTES,
+};
 
 /// Why a Raft node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -666,20 +668,15 @@ impl CommitLog for RaftNode {
         })
     }
 
-    /// Reads an applied record without waiting for applies or snapshot
-    /// installs (see [`StateMachine::read`]).
-    fn read(&self, offset: u64) -> Result<Vec<u8>, CommitError> {
-        if offset < self.sm.lowest_offset() {
-            return Err(LogError::OffsetOutOfRange { offset }.into());
-        }
-        match self.sm.read(offset) {
-            Err(LogError::OffsetOutOfRange { .. }) if !self.caught_up.load(Ordering::Acquire) => {
-                Err(CommitError::Unavailable(
-                    "replaying the raft log after a restart".into(),
-                ))
-            }
-            other => Ok(other?),
-        }
+    /// Reads applied records without waiting for applies or snapshot
+    /// installs (see [`StateMachine::read`]), on a blocking thread.
+    fn read(&self, offset: u64, max: usize) -> Reading {
+        let (sm, caught_up) = (self.sm.clone(), Arc::clone(&self.caught_up));
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || read_applied(&sm, &caught_up, offset, max))
+                .await
+                .map_err(|e| CommitError::Unavailable(format!("read task failed: {e}")))?
+        })
     }
 
     /// The state machine's watermark (next applied offset): it survives
@@ -723,6 +720,40 @@ fn read_id(path: &Path) -> Result<Option<u64>, NodeError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(err(e)),
     }
+}
+
+/// Reads records from `offset` on (see [`CommitLog::read`]). Past the end
+/// before a restarted node has replayed its log, UNAVAILABLE rather than a
+/// misleading OUT_OF_RANGE.
+fn read_applied(
+    sm: &StateMachine,
+    caught_up: &AtomicBool,
+    offset: u64,
+    max: usize,
+) -> Result<Vec<Vec<u8>>, CommitError> {
+    if offset < sm.lowest_offset() {
+        return Err(LogError::OffsetOutOfRange { offset }.into());
+    }
+    let first = match sm.read(offset) {
+        Err(LogError::OffsetOutOfRange { .. }) if !caught_up.load(Ordering::Acquire) => {
+            return Err(CommitError::Unavailable(
+                "replaying the raft log after a restart".into(),
+            ))
+        }
+        other => other?,
+    };
+    let mut bytes = first.len();
+    let mut records = vec![first];
+    let end = sm.next_offset().min(offset.saturating_add(max as u64));
+    for o in offset.saturating_add(1)..end {
+        if bytes >= READ_BATCH_BYTES {
+            break;
+        }
+        let record = sm.read(o)?;
+        bytes += record.len();
+        records.push(record);
+    }
+    Ok(records)
 }
 
 /// Reads a random id persisted in `path`, creating it on first use.

@@ -61,6 +61,9 @@ pub type Durable = Pin<Box<dyn Future<Output = Result<(u64, u64), CommitError>> 
 /// Resolves once a batch has its place in the log (see [`CommitLog::append`]).
 pub type Ordered = Pin<Box<dyn Future<Output = Result<Durable, CommitError>> + Send>>;
 
+/// Resolves to records read from the log (see [`CommitLog::read`]).
+pub type Reading = Pin<Box<dyn Future<Output = Result<Vec<Vec<u8>>, CommitError>> + Send>>;
+
 /// What the gRPC service needs from storage.
 pub trait CommitLog: Send + Sync + 'static {
     /// Appends `records` contiguously, in two steps: the returned future
@@ -72,13 +75,22 @@ pub trait CommitLog: Send + Sync + 'static {
     /// stream of appends without reordering it. With a `producer`, a
     /// sequence already applied answers with its original offsets.
     fn append(&self, records: Vec<Vec<u8>>, producer: Producer) -> Ordered;
-    /// Reads a committed record (a fast positional read).
-    fn read(&self, offset: u64) -> Result<Vec<u8>, CommitError>;
+    /// Reads committed records from `offset` on: the one at `offset` (or
+    /// the error that it cannot be read) and those after it, up to `max`
+    /// records, the last one committed, and about [`READ_BATCH_BYTES`].
+    /// The reads run on a blocking thread (they may wait for the disk,
+    /// never for writes or applies).
+    fn read(&self, offset: u64, max: usize) -> Reading;
     /// The visible high watermark (next offset), updated as records commit.
     fn subscribe(&self) -> watch::Receiver<u64>;
     /// The servers of the cluster, for `GetServers`.
     fn servers(&self) -> Vec<Server>;
 }
+
+/// Bytes of records a read gathers before it returns (at least one record).
+pub const READ_BATCH_BYTES: usize = 1 << 20;
+/// Records a ConsumeStream reads per trip to the blocking pool.
+const STREAM_READ_BATCH: usize = 256;
 
 /// The `log.v1.Log` service. Cheap to clone; clones share everything.
 #[derive(Clone)]
@@ -152,7 +164,8 @@ impl LogRpc for LogService {
     ) -> Result<Response<ConsumeResponse>, Status> {
         self.auth.authorize(&req, CONSUME)?;
         let offset = req.into_inner().offset;
-        let value = self.log.read(offset)?;
+        let value = self.log.read(offset, 1).await?.into_iter().next();
+        let value = value.ok_or_else(|| Status::internal("storage returned no record"))?;
         Ok(Response::new(ConsumeResponse {
             record: Some(Record {
                 value,
@@ -184,25 +197,33 @@ impl LogRpc for LogService {
                         changed = watermark.changed() => if changed.is_err() { return },
                     }
                 }
-                let item = log
-                    .read(offset)
-                    .map_err(Status::from)
-                    .map(|value| ConsumeResponse {
+                // A batch per trip to the blocking pool: reads run off the
+                // async threads without a hop per record.
+                let batch = tokio::select! {
+                    batch = log.read(offset, STREAM_READ_BATCH) => batch,
+                    _ = shutdown.cancelled() => return,
+                };
+                let records = match batch {
+                    Ok(records) => records,
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::from(e))).await;
+                        return;
+                    }
+                };
+                for value in records {
+                    let item = Ok(ConsumeResponse {
                         record: Some(Record {
                             value,
                             offset,
                             ..Record::default()
                         }),
                     });
-                let failed = item.is_err();
-                tokio::select! {
-                    sent = tx.send(item) => if sent.is_err() { return },
-                    _ = shutdown.cancelled() => return,
+                    tokio::select! {
+                        sent = tx.send(item) => if sent.is_err() { return },
+                        _ = shutdown.cancelled() => return,
+                    }
+                    offset += 1;
                 }
-                if failed {
-                    return;
-                }
-                offset += 1;
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))

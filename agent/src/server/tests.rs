@@ -169,6 +169,29 @@ async fn produce_stream_and_consume_stream_keep_order() {
 }
 
 #[tokio::test]
+async fn consume_stream_crosses_read_batches_by_count_and_by_bytes() {
+    let node = Node::start(|_| {}).await;
+    let mut c = node.client("root").await;
+    // Small records: more than one read batch by count; then records of
+    // 300 KiB: a batch by bytes holds four of them.
+    let mut values: Vec<Vec<u8>> = (0..600u32).map(|i| i.to_le_bytes().to_vec()).collect();
+    values.extend((0..9u8).map(|i| vec![i; 300 << 10]));
+    c.produce_batch(values[..600].to_vec()).await.unwrap();
+    c.produce_batch(values[600..].to_vec()).await.unwrap();
+    let mut stream = c.consume_stream(0).await.unwrap();
+    for (i, value) in values.iter().enumerate() {
+        let (offset, got) = tokio::time::timeout(Duration::from_secs(20), stream.next())
+            .await
+            .expect("stream delivered")
+            .unwrap()
+            .unwrap();
+        assert_eq!(offset, i as u64);
+        assert!(&got == value, "record {i} differs");
+    }
+    assert_eq!(c.consume(604).await.unwrap(), values[604]);
+}
+
+#[tokio::test]
 async fn nobody_is_denied_produce_and_consume() {
     let node = Node::start(|_| {}).await;
     node.client("root").await.produce("x").await.unwrap();
