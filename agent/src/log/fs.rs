@@ -230,8 +230,6 @@ struct SimState {
     /// Incremented by each crash; handles of an older epoch are dead.
     epoch: u64,
     faults: Faults,
-    /// Counters, for tests that want to see the seam used.
-    syncs: u64,
     /// fdatasync calls wait while set (to catch a sync round in flight).
     held: bool,
     /// fdatasync calls waiting on `held`.
@@ -329,11 +327,6 @@ impl SimFs {
         self.lock().waiting
     }
 
-    /// Successful and failed sync calls so far.
-    pub fn syncs(&self) -> u64 {
-        self.lock().syncs
-    }
-
     /// Cuts the power: what survives is decided from `seed` (see
     /// [`SimFs`]). Faults are cleared, as on a new boot.
     pub fn crash(&self, seed: u64) {
@@ -374,21 +367,6 @@ impl SimFs {
         let st = self.lock();
         let inode = st.names.get(path)?;
         st.files.get(inode).map(|f| f.cache.clone())
-    }
-
-    /// Overwrites bytes of a file durably, as a bad disk or an operator
-    /// might (for tests of damaged segments).
-    pub fn corrupt(&self, path: &Path, pos: u64, data: &[u8]) -> io::Result<()> {
-        let mut st = self.lock();
-        let inode = *st.names.get(path).ok_or_else(|| not_found(path))?;
-        let file = st.files.get_mut(&inode).ok_or_else(|| not_found(path))?;
-        let change = Change::Write {
-            pos,
-            data: data.to_vec(),
-        };
-        change.apply(&mut file.cache);
-        change.apply(&mut file.durable);
-        Ok(())
     }
 
     fn handle(&self, inode: u64, epoch: u64) -> Arc<dyn FileHandle> {
@@ -462,7 +440,6 @@ impl FileSystem for SimFs {
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut st = self.lock();
-        st.syncs += 1;
         if st.faults.sync {
             return Err(eio("directory fsync"));
         }
@@ -544,7 +521,7 @@ impl SimHandle {
     }
 
     fn sync(&self) -> io::Result<()> {
-        let result = self.with(|file, faults| {
+        self.with(|file, faults| {
             if faults.sync {
                 // As Linux may: the failed pages are marked clean and
                 // their data never reaches the disk.
@@ -554,9 +531,7 @@ impl SimHandle {
             file.pending.clear();
             file.durable = file.cache.clone();
             Ok(())
-        });
-        self.fs.lock().syncs += 1;
-        result
+        })
     }
 
     /// fdatasync: waits while syncs are held, then syncs.
