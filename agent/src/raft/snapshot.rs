@@ -234,14 +234,15 @@ impl SnapshotDir {
         Ok(path)
     }
 
-    /// Unpacks a received snapshot (checking it against the pack format's
-    /// rules, see [`super::transfer`]), records `meta` as its metadata,
-    /// makes it current, and returns it.
-    pub fn install(
+    /// Unpacks a received snapshot into a directory of its own, checking
+    /// its form (magic, version, names, lengths, nothing after the last
+    /// file), and records `meta` as its metadata. Not current yet: see
+    /// [`SnapshotDir::make_received_current`].
+    pub fn receive(
         &self,
         packed: impl Read,
         meta: &SnapshotMeta<u64, BasicNode>,
-    ) -> io::Result<SnapshotFile> {
+    ) -> io::Result<Received> {
         let tmp = self.fresh_dir("installing")?;
         let mut r = BufReader::new(packed);
         let mut header = [0u8; transfer::HEADER_LEN];
@@ -288,9 +289,15 @@ impl SnapshotDir {
         file.meta = meta.clone();
         write_synced(&tmp.join(META), &to_json(&file)?)?;
         sync_dir(&tmp)?;
-        self.make_current(&tmp)?;
         let _ = fs::remove_file(self.root.join("receiving"));
-        Ok(file)
+        Ok(Received { dir: tmp, file })
+    }
+
+    /// Makes a received snapshot current (after the caller checked that
+    /// its files make a valid data log). Returns its `meta.json` contents.
+    pub fn make_received_current(&self, received: Received) -> io::Result<SnapshotFile> {
+        self.make_current(&received.dir)?;
+        Ok(received.file)
     }
 
     /// Fills the empty directory `data_dir` with hard links to the current
@@ -300,12 +307,13 @@ impl SnapshotDir {
         let file = self
             .load_current()?
             .ok_or_else(|| invalid("no current snapshot to restore"))?;
-        fs::create_dir_all(data_dir)?;
-        let current = self.current();
-        for f in &file.files {
-            fs::hard_link(current.join(&f.name), data_dir.join(&f.name))?;
-        }
-        sync_dir(data_dir)
+        link_files(&self.current(), &file.files, data_dir)
+    }
+
+    /// Fills the empty directory `data_dir` with hard links to the store
+    /// files of a received snapshot (not current yet).
+    pub fn restore_received(&self, received: &Received, data_dir: &Path) -> io::Result<()> {
+        link_files(&received.dir, &received.file.files, data_dir)
     }
 
     fn fresh_dir(&self, name: &str) -> io::Result<PathBuf> {
@@ -334,6 +342,23 @@ impl SnapshotDir {
         }
         Ok(())
     }
+}
+
+/// A snapshot unpacked by [`SnapshotDir::receive`], not current yet.
+#[derive(Debug)]
+pub struct Received {
+    dir: PathBuf,
+    /// Its `meta.json` contents.
+    pub file: SnapshotFile,
+}
+
+/// Hard-links `files` of `from` into `data_dir` (created) and syncs it.
+fn link_files(from: &Path, files: &[FrozenFile], data_dir: &Path) -> io::Result<()> {
+    fs::create_dir_all(data_dir)?;
+    for f in files {
+        fs::hard_link(from.join(&f.name), data_dir.join(&f.name))?;
+    }
+    sync_dir(data_dir)
 }
 
 /// Reads a pack entry's header: a store or meta name and a length.

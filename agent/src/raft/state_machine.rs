@@ -493,7 +493,7 @@ impl StateMachine {
         meta: &SnapshotMeta<u64, BasicNode>,
     ) -> Result<(), StorageError> {
         let snapshots = &self.shared.snapshots;
-        let file = snapshots.install(received, meta).map_err(snapshot_error)?;
+        let received = snapshots.receive(received, meta).map_err(snapshot_error)?;
         let dir = &self.shared.dir;
         let (data_dir, fresh, old) = (
             dir.join("data"),
@@ -505,7 +505,31 @@ impl StateMachine {
                 std::fs::remove_dir_all(stale).map_err(snapshot_error)?;
             }
         }
-        snapshots.restore_into(&fresh).map_err(snapshot_error)?;
+        // Check the received files as a data log before anything depends
+        // on them: a snapshot whose segments do not chain is refused here,
+        // leaving the current snapshot and the data log as they were.
+        snapshots
+            .restore_received(&received, &fresh)
+            .map_err(snapshot_error)?;
+        {
+            let checked = Log::open(&fresh, self.shared.config.clone()).map_err(sm_error)?;
+            let next = received.file.state.next_offset;
+            if checked.next_offset() < next {
+                return Err(sm_error(LogError::Corrupt {
+                    segment: fresh.clone(),
+                    position: checked.next_offset(),
+                    reason: "the snapshot's data log ends before its next offset",
+                }));
+            }
+            cut_to(&checked, next).map_err(sm_error)?;
+            checked
+                .truncate_prefix(received.file.state.lowest)
+                .map_err(sm_error)?;
+            checked.close().map_err(sm_error)?;
+        }
+        let file = snapshots
+            .make_received_current(received)
+            .map_err(snapshot_error)?;
         // The old log keeps its open files under `data.old`; nothing writes
         // to it meanwhile (apply and install are serialized by openraft,
         // builds by the snapshot lock). A crash here leaves no `data`, and
@@ -513,9 +537,8 @@ impl StateMachine {
         std::fs::rename(&data_dir, &old).map_err(snapshot_error)?;
         std::fs::rename(&fresh, &data_dir).map_err(snapshot_error)?;
         crate::log::sync_dir(dir).map_err(sm_error)?;
+        // Reopened clean: the check above rebuilt the indexes and cut it.
         let data = Log::open(&data_dir, self.shared.config.clone()).map_err(sm_error)?;
-        cut_to(&data, file.state.next_offset).map_err(sm_error)?;
-        data.truncate_prefix(file.state.lowest).map_err(sm_error)?;
         let previous = {
             let mut applied = self.lock_applied();
             let previous = self.shared.data.swap(Arc::new(data));

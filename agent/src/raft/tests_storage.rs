@@ -481,6 +481,17 @@ async fn an_installed_stream_reproduces_the_records_and_bad_streams_are_refused(
     let len = u64::from_le_bytes(b[len_at..len_at + 8].try_into().unwrap()) + 1;
     b[len_at..len_at + 8].copy_from_slice(&len.to_le_bytes());
     bad.push(("length mismatch", b));
+    // Well-formed streams whose files are not a valid data log: a flipped
+    // payload byte in the first (sealed) store and in the last (active)
+    // one. The second would open, cut short of the snapshot's offsets.
+    let payload = 2 + 26 + 8 + 16 + 16;
+    let mut b = good.clone();
+    b[first_file + payload] ^= 1;
+    bad.push(("corrupt record in a sealed store", b));
+    let mut b = good.clone();
+    let at = b.len() - 2;
+    b[at] ^= 1;
+    bad.push(("corrupt record in the last store", b));
     for (what, bytes) in bad {
         let mut receiving = follower.begin_receiving_snapshot().await.unwrap();
         tokio::io::AsyncWriteExt::write_all(&mut *receiving, &bytes)
@@ -493,6 +504,16 @@ async fn an_installed_stream_reproduces_the_records_and_bad_streams_are_refused(
         assert_eq!(follower.next_offset(), 3, "{what}: state unchanged");
         assert_eq!(follower.read(2).unwrap(), value(2));
     }
+    // Nothing of the refused streams became current: a restart finds the
+    // follower as it was.
+    follower.close().await.unwrap();
+    drop(follower);
+    let mut follower = StateMachine::open(follower_dir.path(), tiny()).unwrap();
+    assert_eq!(
+        follower.next_offset(),
+        0,
+        "no snapshot: replayed from raft later"
+    );
 
     let mut receiving = follower.begin_receiving_snapshot().await.unwrap();
     tokio::io::AsyncWriteExt::write_all(&mut *receiving, &good)
