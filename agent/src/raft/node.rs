@@ -322,7 +322,14 @@ impl RaftNode {
     pub async fn shutdown(&self) -> Result<(), LogError> {
         self.stop.cancel();
         let _ = self.raft.shutdown().await;
-        self.log.close()?;
+        // Closing writes the metadata and seals the log (fsyncs).
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || log.close())
+            .await
+            .map_err(|e| LogError::Io {
+                path: self.dir.clone(),
+                source: std::io::Error::other(e),
+            })??;
         self.sm.close().await
     }
 }
@@ -540,7 +547,7 @@ async fn snapshot_size_loop(
     stop: CancellationToken,
 ) {
     let mut last = raft.metrics().borrow().snapshot;
-    let mut since = end_mark(&sm.data().segments());
+    let mut since = end_mark(&data_segments(&sm).await);
     // When this loop last asked for a snapshot that has not arrived yet
     // (asked again after a while, in case that build failed).
     let mut triggered: Option<Instant> = None;
@@ -550,7 +557,7 @@ async fn snapshot_size_loop(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let segments = sm.data().segments();
+        let segments = data_segments(&sm).await;
         let snapshot = raft.metrics().borrow().snapshot;
         if snapshot != last {
             // A snapshot was built or installed: count from here.
@@ -569,6 +576,15 @@ async fn snapshot_size_loop(
             );
         }
     }
+}
+
+/// The data log's segments, listed on a blocking thread (it stats each
+/// store file); none if that thread failed.
+async fn data_segments(sm: &StateMachine) -> Vec<SegmentInfo> {
+    let data = sm.data();
+    tokio::task::spawn_blocking(move || data.segments())
+        .await
+        .unwrap_or_default()
 }
 
 /// How often the leader checks retention.
@@ -592,7 +608,7 @@ async fn retention_loop(
         if raft.metrics().borrow().current_leader != Some(id) {
             continue;
         }
-        let segments = sm.data().segments();
+        let segments = data_segments(&sm).await;
         let lowest = retention_point(&segments, max_bytes, max_age, std::time::SystemTime::now());
         if lowest > sm.lowest_offset() {
             match raft.client_write(Request::Retain { lowest }).await {
