@@ -1,7 +1,7 @@
 //! proglog agent library: the WAL, Raft storage and the one-node Raft, the
 //! gRPC service with its security and transports, configuration, and the
 //! agent that wires them. Gossip and the cluster build on these (see
-//! DESIGN.md).
+//! ARCHITECTURE.md at the repository root).
 
 pub mod agent;
 pub mod bench;
