@@ -170,7 +170,10 @@ impl Segment {
             None => store::HEADER_LEN,
             Some(last) => {
                 let pos = self.index.position(last).unwrap_or(u64::MAX);
-                match self.store.verify(pos, self.base + last)? {
+                let Some(offset) = self.base.checked_add(last) else {
+                    return Ok(None);
+                };
+                match self.store.verify(pos, offset)? {
                     Some(end) => end,
                     None => return Ok(None),
                 }
@@ -276,7 +279,7 @@ impl Segment {
 
     /// Offset the next record appended here gets.
     pub fn next_offset(&self) -> u64 {
-        self.base + self.index.count()
+        self.base.saturating_add(self.index.count())
     }
 
     /// Whether the segment holds no record.

@@ -315,7 +315,11 @@ impl Store {
             }
             found.push(pos);
             pos = end;
-            offset += 1;
+            match offset.checked_add(1) {
+                Some(next) => offset = next,
+                // No offset can follow the largest one.
+                None => break ScanEnd::Clean,
+            }
         };
         Ok((found, pos, how))
     }

@@ -161,6 +161,11 @@ impl Log {
         }
         let (first, next, bytes) = {
             let mut inner = shared.write_inner()?;
+            let next = inner.segments.next();
+            if next.checked_add(records.len() as u64).is_none() {
+                // Offsets are exhausted: nothing is written.
+                return Err(LogError::OffsetOutOfRange { offset: u64::MAX });
+            }
             match shared.write_records(&mut inner, records) {
                 Ok(done) => done,
                 Err(e) => {

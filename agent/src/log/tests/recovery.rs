@@ -282,3 +282,29 @@ fn truncating_after_the_largest_offset_is_a_no_op() {
         Err(LogError::OffsetOutOfRange { .. })
     ));
 }
+
+#[test]
+fn offsets_end_at_the_largest_u64_without_wrapping() {
+    let root = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        initial_offset: u64::MAX - 2,
+        ..config()
+    };
+    let log = Log::open(root.path(), config.clone()).unwrap();
+    assert_eq!(log.append_batch(&[b"a", b"b"]).unwrap(), u64::MAX - 2);
+    assert!(matches!(
+        log.append(b"c"),
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
+    assert!(!log.is_failed(), "a refused append does not fail the log");
+    let scratch = tempfile::tempdir().unwrap();
+    let copy = scratch.path().join("unclean");
+    copy_dir(root.path(), &copy);
+    log.close().unwrap();
+    drop(log);
+    for dir in [root.path(), copy.as_path()] {
+        let log = Log::open(dir, config.clone()).unwrap();
+        assert_eq!(log.next_offset(), u64::MAX);
+        assert_eq!(log.read(u64::MAX - 1).unwrap(), b"b");
+    }
+}
