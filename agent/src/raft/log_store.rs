@@ -134,20 +134,24 @@ impl LogStore {
         f: impl FnOnce(&Log) -> Result<T, LogError> + Send + 'static,
     ) -> Result<T, StorageError> {
         let log = Arc::clone(&self.log);
-        tokio::task::spawn_blocking(move || {
-            log.sync()?;
-            f(&log)
+        blocking(ErrorVerb::Write, move || {
+            log.sync()
+                .and_then(|()| f(&log))
+                .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))
         })
         .await
-        .map_err(|e| {
-            io_error(
-                ErrorSubject::Logs,
-                ErrorVerb::Write,
-                std::io::Error::other(e),
-            )
-        })?
-        .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))
     }
+}
+
+/// Runs `f` (disk work) on a blocking thread; a thread that died is a
+/// storage error on the log.
+async fn blocking<T: Send + 'static>(
+    verb: ErrorVerb,
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| io_error(ErrorSubject::Logs, verb, std::io::Error::other(e)))?
 }
 
 /// Writes `bytes` to `path` atomically and durably.
@@ -190,7 +194,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         // Reads (page cache or disk) run on a blocking thread: openraft
         // reads entries here to apply and to replicate them.
         let log = Arc::clone(&self.log);
-        tokio::task::spawn_blocking(move || {
+        blocking(ErrorVerb::Read, move || {
             let mut entries = Vec::with_capacity((to - from).min(1024) as usize);
             for i in from..to {
                 let read_err = |e| io_error(ErrorSubject::Log(read_log_id(i)), ErrorVerb::Read, e);
@@ -205,13 +209,6 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Ok(entries)
         })
         .await
-        .map_err(|e| {
-            io_error(
-                ErrorSubject::Logs,
-                ErrorVerb::Read,
-                std::io::Error::other(e),
-            )
-        })?
     }
 }
 
@@ -308,19 +305,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // a blocking thread; openraft awaits this append before the next,
         // so entries stay in order.
         let log = Arc::clone(&self.log);
-        let (appended, entries) = tokio::task::spawn_blocking(move || {
+        let (appended, entries) = blocking(ErrorVerb::Write, move || {
             encoded.extend(entries.iter().map(codec::encode));
-            log.append_batch_nowait(&encoded).map(|a| (a, entries))
+            log.append_batch_nowait(&encoded)
+                .map(|a| (a, entries))
+                .map_err(write_err)
         })
-        .await
-        .map_err(|e| {
-            io_error(
-                ErrorSubject::Logs,
-                ErrorVerb::Write,
-                std::io::Error::other(e),
-            )
-        })?
-        .map_err(write_err)?;
+        .await?;
         self.recent().push(entries);
         if self.ack_on_write {
             callback.log_io_completed(Ok(()));
