@@ -6,7 +6,15 @@
 //! entries, bounded in requests and bytes, every produce under a
 //! deadline), the failure watch (a storage failure stops the node for
 //! good), the leader's producer-bound and retention proposals, and the
-//! snapshot-by-bytes trigger.
+//! snapshot-by-bytes trigger. They live in `propose.rs` and `loops.rs`;
+//! `network.rs` holds the placeholder network of a node without peers.
+
+mod loops;
+mod network;
+mod propose;
+
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher};
@@ -15,22 +23,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
-};
 use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, Raft, SnapshotPolicy};
 use proglog_proto::Server;
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::info;
 
 use super::{LogStore, Request, Response, StateMachine, TypeConfig};
-use crate::log::{retention_point, LogConfig, LogError, SegmentInfo};
+use crate::log::{LogConfig, LogError};
+use loops::*;
+use network::NoNetwork;
+use propose::*;
+
 use crate::server::{
     CommitError, CommitLog, Durable, Ordered, Producer, Reading, READ_BATCH_BYTES,
 };
@@ -109,59 +115,12 @@ pub struct RaftNode {
     stop: CancellationToken,
 }
 
-/// An append request waiting in the proposal queue.
-struct Pending {
-    /// Always a `Request::Append`; the propose loop stamps its `at_ms`.
-    request: Request,
-    /// Record bytes of the request.
-    bytes: usize,
-    /// Where the answer goes; closed once the caller gave up.
-    reply: oneshot::Sender<Result<Response, CommitError>>,
-    /// When the caller gives up.
-    deadline: Instant,
-    /// The request's share of the queue's byte bound, released when the
-    /// request leaves the queue.
-    _queued: OwnedSemaphorePermit,
-}
-
-/// Requests queued for proposal before producers wait (backpressure), and
-/// the record bytes they may hold.
-const PROPOSAL_QUEUE: usize = 4096;
-const PROPOSAL_QUEUE_BYTES: usize = 64 << 20;
-/// The most client requests, and record bytes, batched into one entry. A
-/// single request larger than the byte cap goes alone.
-const MAX_BATCH: usize = 1024;
-const MAX_BATCH_BYTES: usize = 8 << 20;
 /// Entries per AppendEntries RPC (openraft's `max_payload_entries`, which
 /// counts entries only). With entries of at most [`MAX_BATCH_BYTES`] of
 /// records, or one larger request, an RPC carries at most 16 x 8 MiB =
 /// 128 MiB of records, or 16 such requests: the Raft transport's message
 /// limit must allow that plus framing.
 pub const MAX_PAYLOAD_ENTRIES: u64 = 16;
-/// How often the failure watch looks at the data log (openraft's fatal
-/// errors arrive through its metrics at once).
-const FAILURE_CHECK: Duration = Duration::from_millis(100);
-/// How often the snapshot-by-bytes loop measures.
-const SNAPSHOT_CHECK: Duration = Duration::from_secs(1);
-/// How long the snapshot-by-bytes loop waits for a snapshot it asked for
-/// before it asks again.
-const SNAPSHOT_RETRY: Duration = Duration::from_secs(60);
-
-fn queue_full() -> CommitError {
-    CommitError::Unavailable("the proposal queue stayed full past produce_timeout".into())
-}
-
-fn stopped() -> CommitError {
-    CommitError::Unavailable("raft stopped".into())
-}
-
-fn timed_out() -> CommitError {
-    CommitError::Unavailable(
-        "not committed within produce_timeout (it may still be; retry with a producer id to be safe)"
-            .into(),
-    )
-}
-
 impl RaftNode {
     /// Opens the stores and starts Raft. The node id is created on first
     /// start and persisted in the directory.
@@ -331,294 +290,6 @@ impl RaftNode {
                 source: std::io::Error::other(e),
             })??;
         self.sm.close().await
-    }
-}
-
-/// Why a node can no longer serve, if it can't: openraft stopped (a
-/// storage error is fatal to it) or the data log failed.
-fn failure_of(raft: &Raft<TypeConfig>, sm: &StateMachine) -> Option<String> {
-    if let Err(fatal) = &raft.metrics().borrow().running_state {
-        return Some(format!("raft stopped: {fatal}"));
-    }
-    sm.data()
-        .is_failed()
-        .then(|| "the data log failed a write or sync".to_string())
-}
-
-/// Watches for the node failing for good; then stops Raft (a leader steps
-/// down: it no longer heartbeats, so a cluster elects another) and
-/// publishes why.
-async fn watch_failure(
-    raft: Raft<TypeConfig>,
-    sm: StateMachine,
-    failed: watch::Sender<Option<String>>,
-    stop: CancellationToken,
-) {
-    let mut metrics = raft.metrics();
-    let why = loop {
-        if let Some(why) = failure_of(&raft, &sm) {
-            break why;
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            changed = metrics.changed() => if changed.is_err() {
-                break "raft stopped".to_string();
-            },
-            _ = tokio::time::sleep(FAILURE_CHECK) => {}
-        }
-    };
-    if stop.is_cancelled() {
-        return;
-    }
-    error!(reason = %why, "storage failed: this node stops serving until restarted");
-    failed.send_replace(Some(why));
-    let _ = raft.shutdown().await;
-}
-
-/// Waits, until `deadline`, for node `id` to lead.
-async fn wait_leader(
-    raft: &Raft<TypeConfig>,
-    id: u64,
-    deadline: Instant,
-) -> Result<(), CommitError> {
-    let wait = deadline.saturating_duration_since(Instant::now());
-    let led = raft
-        .wait(Some(wait))
-        .metrics(
-            |m| m.current_leader.is_some() || m.running_state.is_err(),
-            "a leader",
-        )
-        .await
-        .map_err(|_| CommitError::Unavailable("no leader elected".into()))?;
-    if let Err(fatal) = &led.running_state {
-        return Err(CommitError::Unavailable(format!("raft stopped: {fatal}")));
-    }
-    match led.current_leader {
-        Some(leader) if leader == id => Ok(()),
-        Some(leader) => Err(CommitError::Unavailable(format!(
-            "node {leader} leads; forwarding arrives with the cluster"
-        ))),
-        None => Err(CommitError::Unavailable("no leader elected".into())),
-    }
-}
-
-/// Group commit at the Raft level. openraft 0.9 writes and flushes one
-/// append at a time, so one entry per request would cost one fsync per
-/// request. Instead, one entry is in flight at a time and every request
-/// that arrives meanwhile goes into the next entry, as a `Request::Batch`
-/// of at most [`MAX_BATCH`] requests and [`MAX_BATCH_BYTES`]. The entry is
-/// stamped with this (the leader's) clock. A proposal gives up at the
-/// latest deadline of its requests (a leader cut off from its quorum
-/// never answers); requests whose caller already gave up are not proposed.
-async fn propose_loop(
-    raft: Raft<TypeConfig>,
-    id: u64,
-    mut queue: mpsc::Receiver<Pending>,
-    stop: CancellationToken,
-) {
-    let mut carry: Option<Pending> = None;
-    loop {
-        let first = match carry.take() {
-            Some(first) => first,
-            None => tokio::select! {
-                _ = stop.cancelled() => return,
-                next = queue.recv() => match next {
-                    Some(first) => first,
-                    None => return,
-                },
-            },
-        };
-        let mut bytes = first.bytes;
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                // Checked before adding, so an entry stays within the cap
-                // unless its only request is larger.
-                Ok(next) if bytes + next.bytes > MAX_BATCH_BYTES => {
-                    carry = Some(next);
-                    break;
-                }
-                Ok(next) => {
-                    bytes += next.bytes;
-                    batch.push(next);
-                }
-                Err(_) => break,
-            }
-        }
-        batch.retain(|p| !p.reply.is_closed());
-        let Some(deadline) = batch.iter().map(|p| p.deadline).max() else {
-            continue;
-        };
-        let at_ms = now_ms();
-        let mut requests = Vec::with_capacity(batch.len());
-        let mut replies = Vec::with_capacity(batch.len());
-        for pending in batch {
-            let mut request = pending.request;
-            if let Request::Append { at_ms: stamp, .. } = &mut request {
-                *stamp = at_ms;
-            }
-            requests.push(request);
-            replies.push(pending.reply);
-        }
-        let write = async {
-            wait_leader(&raft, id, deadline).await?;
-            raft.client_write(Request::Batch(requests))
-                .await
-                .map_err(|e| CommitError::Unavailable(e.to_string()))
-        };
-        let written = tokio::select! {
-            _ = stop.cancelled() => Err(CommitError::Unavailable("the node is shutting down".into())),
-            written = tokio::time::timeout_at(deadline, write) => {
-                written.unwrap_or_else(|_| Err(timed_out()))
-            }
-        };
-        let answers = match written.map(|w| w.data) {
-            Ok(Response::Batch(answers)) if answers.len() == replies.len() => {
-                answers.into_iter().map(Ok).collect()
-            }
-            Ok(other) => {
-                let e = format!("unexpected reply {other:?}");
-                vec![Err(e); replies.len()]
-            }
-            Err(CommitError::Unavailable(e)) => vec![Err(e); replies.len()],
-            Err(other) => vec![Err(other.to_string()); replies.len()],
-        };
-        for (reply, answer) in replies.into_iter().zip(answers) {
-            let _ = reply.send(answer.map_err(CommitError::Unavailable));
-        }
-    }
-}
-
-/// On each term this node leads, replicates its `max_producers`, so every
-/// node bounds the producer table alike.
-async fn producer_limit_loop(raft: Raft<TypeConfig>, id: u64, max: u64, stop: CancellationToken) {
-    let mut metrics = raft.metrics();
-    let mut done_term = None;
-    loop {
-        let leading = {
-            let m = metrics.borrow_and_update();
-            (m.current_leader == Some(id) && m.running_state.is_ok()).then_some(m.current_term)
-        };
-        if let Some(term) = leading.filter(|t| done_term != Some(*t)) {
-            let write = raft.client_write(Request::ProducerLimit { max });
-            let written = tokio::select! {
-                _ = stop.cancelled() => return,
-                written = write => written,
-            };
-            match written {
-                Ok(_) => done_term = Some(term),
-                Err(e) => warn!(error = %e, "replicating max_producers failed"),
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            changed = metrics.changed() => if changed.is_err() { return },
-        }
-    }
-}
-
-/// Record bytes in the data log after `mark`: the sum over segments from
-/// the marked one on, less what the marked segment held at the mark.
-/// Retention dropping the marked segment only makes this smaller.
-fn bytes_since(segments: &[SegmentInfo], (base, bytes): (u64, u64)) -> u64 {
-    segments
-        .iter()
-        .filter(|s| s.base >= base)
-        .map(|s| s.bytes)
-        .sum::<u64>()
-        .saturating_sub(bytes)
-}
-
-/// A mark of the data log's end: its active segment and that one's size.
-fn end_mark(segments: &[SegmentInfo]) -> (u64, u64) {
-    segments.last().map_or((0, 0), |s| (s.base, s.bytes))
-}
-
-/// openraft 0.9's snapshot policy counts entries only, and an entry may
-/// hold up to [`MAX_BATCH_BYTES`] of records. This loop also triggers a
-/// snapshot once the records applied since the last one pass `threshold`
-/// bytes, which bounds the Raft log between snapshots in bytes too. It
-/// measures the data log (the same records as the Raft log, without the
-/// entry framing), whose segment sizes are at hand.
-async fn snapshot_size_loop(
-    raft: Raft<TypeConfig>,
-    sm: StateMachine,
-    threshold: u64,
-    stop: CancellationToken,
-) {
-    let mut last = raft.metrics().borrow().snapshot;
-    let mut since = end_mark(&data_segments(&sm).await);
-    // When this loop last asked for a snapshot that has not arrived yet
-    // (asked again after a while, in case that build failed).
-    let mut triggered: Option<Instant> = None;
-    let mut tick = tokio::time::interval(SNAPSHOT_CHECK);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let segments = data_segments(&sm).await;
-        let snapshot = raft.metrics().borrow().snapshot;
-        if snapshot != last {
-            // A snapshot was built or installed: count from here.
-            (last, since, triggered) = (snapshot, end_mark(&segments), None);
-            continue;
-        }
-        let waiting = triggered.is_some_and(|at| at.elapsed() < SNAPSHOT_RETRY);
-        if !waiting && bytes_since(&segments, since) >= threshold {
-            if raft.trigger().snapshot().await.is_err() {
-                return;
-            }
-            triggered = Some(Instant::now());
-            info!(
-                threshold,
-                "snapshot triggered by the bytes applied since the last"
-            );
-        }
-    }
-}
-
-/// The data log's segments, listed on a blocking thread (it stats each
-/// store file); none if that thread failed.
-async fn data_segments(sm: &StateMachine) -> Vec<SegmentInfo> {
-    let data = sm.data();
-    tokio::task::spawn_blocking(move || data.segments())
-        .await
-        .unwrap_or_default()
-}
-
-/// How often the leader checks retention.
-const RETENTION_CHECK: Duration = Duration::from_secs(1);
-
-/// On the leader, proposes a new lowest offset when segments exceed the
-/// retention limits; every node applies the same `Retain` command.
-async fn retention_loop(
-    raft: Raft<TypeConfig>,
-    id: u64,
-    sm: StateMachine,
-    (max_bytes, max_age): (u64, Option<Duration>),
-    stop: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(RETENTION_CHECK);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if raft.metrics().borrow().current_leader != Some(id) {
-            continue;
-        }
-        let segments = data_segments(&sm).await;
-        let lowest = retention_point(&segments, max_bytes, max_age, std::time::SystemTime::now());
-        if lowest > sm.lowest_offset() {
-            match raft.client_write(Request::Retain { lowest }).await {
-                Ok(_) => info!(
-                    lowest,
-                    "retention: dropped records below the new lowest offset"
-                ),
-                Err(e) => warn!(error = %e, "retention proposal failed"),
-            }
-        }
     }
 }
 
@@ -801,54 +472,3 @@ fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
-
-/// The network of a node with no peers yet: the Raft transport over the
-/// shared port (first byte 0x01) arrives with the cluster. A one-member
-/// cluster never calls it; calls fail as unreachable.
-struct NoNetwork;
-
-fn unreachable<E: std::error::Error>() -> RPCError<u64, BasicNode, E> {
-    RPCError::Network(NetworkError::new(&std::io::Error::other(
-        "no raft transport on this node yet",
-    )))
-}
-
-impl RaftNetworkFactory<TypeConfig> for NoNetwork {
-    type Network = NoNetwork;
-
-    async fn new_client(&mut self, _target: u64, _node: &BasicNode) -> NoNetwork {
-        NoNetwork
-    }
-}
-
-impl RaftNetwork<TypeConfig> for NoNetwork {
-    async fn append_entries(
-        &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        Err(unreachable())
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<u64>,
-        RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
-    > {
-        Err(unreachable())
-    }
-
-    async fn vote(
-        &mut self,
-        _rpc: VoteRequest<u64>,
-        _option: RPCOption,
-    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        Err(unreachable())
-    }
-}
-
-#[cfg(test)]
-mod tests;

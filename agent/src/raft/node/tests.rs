@@ -7,7 +7,7 @@ use std::time::Duration;
 use openraft::{BasicNode, ChangeMembers, EntryPayload, RaftLogReader};
 
 use super::*;
-use crate::log::SyncPolicy;
+use crate::log::{SegmentInfo, SyncPolicy};
 
 fn settings(dir: &Path) -> NodeSettings {
     NodeSettings {

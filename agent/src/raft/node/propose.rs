@@ -1,0 +1,163 @@
+//! The propose loop: group commit at the Raft level, with a deadline on
+//! every produce and byte bounds on the queue and on each entry.
+
+use openraft::Raft;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::super::{Request, Response, TypeConfig};
+use super::now_ms;
+use crate::server::CommitError;
+
+/// An append request waiting in the proposal queue.
+pub(super) struct Pending {
+    /// Always a `Request::Append`; the propose loop stamps its `at_ms`.
+    pub(super) request: Request,
+    /// Record bytes of the request.
+    pub(super) bytes: usize,
+    /// Where the answer goes; closed once the caller gave up.
+    pub(super) reply: oneshot::Sender<Result<Response, CommitError>>,
+    /// When the caller gives up.
+    pub(super) deadline: Instant,
+    /// The request's share of the queue's byte bound, released when the
+    /// request leaves the queue.
+    pub(super) _queued: OwnedSemaphorePermit,
+}
+
+/// Requests queued for proposal before producers wait (backpressure), and
+/// the record bytes they may hold.
+pub(super) const PROPOSAL_QUEUE: usize = 4096;
+pub(super) const PROPOSAL_QUEUE_BYTES: usize = 64 << 20;
+/// The most client requests, and record bytes, batched into one entry. A
+/// single request larger than the byte cap goes alone.
+pub(super) const MAX_BATCH: usize = 1024;
+pub(super) const MAX_BATCH_BYTES: usize = 8 << 20;
+pub(super) fn queue_full() -> CommitError {
+    CommitError::Unavailable("the proposal queue stayed full past produce_timeout".into())
+}
+
+pub(super) fn stopped() -> CommitError {
+    CommitError::Unavailable("raft stopped".into())
+}
+
+pub(super) fn timed_out() -> CommitError {
+    CommitError::Unavailable(
+        "not committed within produce_timeout (it may still be; retry with a producer id to be safe)"
+            .into(),
+    )
+}
+
+/// Waits, until `deadline`, for node `id` to lead.
+pub(super) async fn wait_leader(
+    raft: &Raft<TypeConfig>,
+    id: u64,
+    deadline: Instant,
+) -> Result<(), CommitError> {
+    let wait = deadline.saturating_duration_since(Instant::now());
+    let led = raft
+        .wait(Some(wait))
+        .metrics(
+            |m| m.current_leader.is_some() || m.running_state.is_err(),
+            "a leader",
+        )
+        .await
+        .map_err(|_| CommitError::Unavailable("no leader elected".into()))?;
+    if let Err(fatal) = &led.running_state {
+        return Err(CommitError::Unavailable(format!("raft stopped: {fatal}")));
+    }
+    match led.current_leader {
+        Some(leader) if leader == id => Ok(()),
+        Some(leader) => Err(CommitError::Unavailable(format!(
+            "node {leader} leads; forwarding arrives with the cluster"
+        ))),
+        None => Err(CommitError::Unavailable("no leader elected".into())),
+    }
+}
+
+/// Group commit at the Raft level. openraft 0.9 writes and flushes one
+/// append at a time, so one entry per request would cost one fsync per
+/// request. Instead, one entry is in flight at a time and every request
+/// that arrives meanwhile goes into the next entry, as a `Request::Batch`
+/// of at most [`MAX_BATCH`] requests and [`MAX_BATCH_BYTES`]. The entry is
+/// stamped with this (the leader's) clock. A proposal gives up at the
+/// latest deadline of its requests (a leader cut off from its quorum
+/// never answers); requests whose caller already gave up are not proposed.
+pub(super) async fn propose_loop(
+    raft: Raft<TypeConfig>,
+    id: u64,
+    mut queue: mpsc::Receiver<Pending>,
+    stop: CancellationToken,
+) {
+    let mut carry: Option<Pending> = None;
+    loop {
+        let first = match carry.take() {
+            Some(first) => first,
+            None => tokio::select! {
+                _ = stop.cancelled() => return,
+                next = queue.recv() => match next {
+                    Some(first) => first,
+                    None => return,
+                },
+            },
+        };
+        let mut bytes = first.bytes;
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                // Checked before adding, so an entry stays within the cap
+                // unless its only request is larger.
+                Ok(next) if bytes + next.bytes > MAX_BATCH_BYTES => {
+                    carry = Some(next);
+                    break;
+                }
+                Ok(next) => {
+                    bytes += next.bytes;
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        batch.retain(|p| !p.reply.is_closed());
+        let Some(deadline) = batch.iter().map(|p| p.deadline).max() else {
+            continue;
+        };
+        let at_ms = now_ms();
+        let mut requests = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        for pending in batch {
+            let mut request = pending.request;
+            if let Request::Append { at_ms: stamp, .. } = &mut request {
+                *stamp = at_ms;
+            }
+            requests.push(request);
+            replies.push(pending.reply);
+        }
+        let write = async {
+            wait_leader(&raft, id, deadline).await?;
+            raft.client_write(Request::Batch(requests))
+                .await
+                .map_err(|e| CommitError::Unavailable(e.to_string()))
+        };
+        let written = tokio::select! {
+            _ = stop.cancelled() => Err(CommitError::Unavailable("the node is shutting down".into())),
+            written = tokio::time::timeout_at(deadline, write) => {
+                written.unwrap_or_else(|_| Err(timed_out()))
+            }
+        };
+        let answers = match written.map(|w| w.data) {
+            Ok(Response::Batch(answers)) if answers.len() == replies.len() => {
+                answers.into_iter().map(Ok).collect()
+            }
+            Ok(other) => {
+                let e = format!("unexpected reply {other:?}");
+                vec![Err(e); replies.len()]
+            }
+            Err(CommitError::Unavailable(e)) => vec![Err(e); replies.len()],
+            Err(other) => vec![Err(other.to_string()); replies.len()],
+        };
+        for (reply, answer) in replies.into_iter().zip(answers) {
+            let _ = reply.send(answer.map_err(CommitError::Unavailable));
+        }
+    }
+}
