@@ -125,11 +125,19 @@ impl Segment {
             Err(e) => return Err(e),
         };
         let index_file = index_path(dir, base);
-        let index = match Index::open(&**fs, &index_file) {
-            Ok(index) => Some(index),
+        let (index, scanned) = match Index::open(&**fs, &index_file) {
+            Ok(index) => (index, None),
             Err(e) => {
                 warn!(error = %e, "index unusable, rebuilding it from the store");
-                None
+                // A sealed store is checked before anything is written.
+                let scanned = match role {
+                    Role::Sealed { next } => Some(Segment::scan_sealed(&store, base, next)?),
+                    Role::Active => None,
+                };
+                remove_if_exists(&**fs, &index_file)?;
+                let index = Index::create(&**fs, &index_file, limits.max_index_bytes)?;
+                fs.sync_dir(dir).at(dir)?;
+                (index, scanned)
             }
         };
         let mut segment = Segment {
@@ -137,23 +145,11 @@ impl Segment {
             dir: dir.to_path_buf(),
             base,
             store,
-            index: match index {
-                Some(index) => index,
-                None => {
-                    if let Role::Sealed { next } = role {
-                        // Check before writing anything.
-                        Segment::scan_sealed(&Store::open(&**fs, &store_file)?, base, next)?;
-                    }
-                    remove_if_exists(&**fs, &index_file)?;
-                    let index = Index::create(&**fs, &index_file, limits.max_index_bytes)?;
-                    fs.sync_dir(dir).at(dir)?;
-                    index
-                }
-            },
+            index,
             limits,
         };
         match role {
-            Role::Sealed { next } => segment.recover_sealed(next)?,
+            Role::Sealed { next } => segment.recover_sealed(next, scanned)?,
             Role::Active => segment.recover_active()?,
         }
         Ok(segment)
@@ -209,14 +205,21 @@ impl Segment {
         Ok((found, end))
     }
 
-    fn recover_sealed(&mut self, next: u64) -> Result<()> {
-        if let Some(end) = self.clean_end()? {
-            if self.next_offset() == next {
-                self.store.set_size(end);
-                return Ok(());
+    /// Recovers a sealed segment; `scanned` is the scan of its store if
+    /// open already made it (the index was unusable).
+    fn recover_sealed(&mut self, next: u64, scanned: Option<(Vec<u64>, u64)>) -> Result<()> {
+        let (found, end) = match scanned {
+            Some(scanned) => scanned,
+            None => {
+                if let Some(end) = self.clean_end()? {
+                    if self.next_offset() == next {
+                        self.store.set_size(end);
+                        return Ok(());
+                    }
+                }
+                Segment::scan_sealed(&self.store, self.base, next)?
             }
-        }
-        let (found, end) = Segment::scan_sealed(&self.store, self.base, next)?;
+        };
         warn!(segment = %self.store.path().display(), records = found.len(),
             "sealed segment's index was not clean; rebuilt it from the store");
         self.store.set_size(end);
@@ -375,18 +378,14 @@ impl Segment {
     /// that is rebuilt, never an index without a store). The caller syncs
     /// the directory.
     pub fn remove(self) -> Result<()> {
-        let Segment {
-            fs,
-            dir,
-            base,
-            store,
-            index,
-            ..
-        } = self;
-        drop(index);
-        remove_if_exists(&*fs, &index_path(&dir, base))?;
-        drop(store);
-        remove_if_exists(&*fs, &store_path(&dir, base))
+        self.remove_files()
+    }
+
+    /// Deletes the segment's files while it is still held (its handles
+    /// stay usable until dropped), as [`Segment::remove`] does.
+    pub fn remove_files(&self) -> Result<()> {
+        remove_if_exists(&*self.fs, &index_path(&self.dir, self.base))?;
+        remove_if_exists(&*self.fs, self.store.path())
     }
 }
 
@@ -395,7 +394,7 @@ fn file_len(fs: &dyn FileSystem, path: &Path) -> Result<u64> {
 }
 
 /// Removes a file; one that is already gone is fine.
-pub(super) fn remove_if_exists(fs: &dyn FileSystem, path: &Path) -> Result<()> {
+fn remove_if_exists(fs: &dyn FileSystem, path: &Path) -> Result<()> {
     match fs.remove(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).at(path),
         _ => Ok(()),

@@ -63,7 +63,7 @@ impl SegmentSet {
     }
 
     /// Every segment, oldest first.
-    pub fn iter(&self) -> impl Iterator<Item = &Segment> {
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &Segment> {
         self.sealed.iter().chain(std::iter::once(&self.active))
     }
 

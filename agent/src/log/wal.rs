@@ -444,14 +444,8 @@ impl Shared {
         // The new segment may reuse a name of an old one: free the names
         // first. Until the new one exists, the set holds a segment whose
         // files are gone; any error here fails the log.
-        let mut old = Vec::new();
-        for seg in inner.segments.iter() {
-            old.push((seg.base(), seg.store_file().to_path_buf()));
-        }
-        for (base, store) in old.iter().rev() {
-            let index = super::segment::index_path(&self.dir, *base);
-            super::segment::remove_if_exists(&*self.fs, &index)?;
-            super::segment::remove_if_exists(&*self.fs, store)?;
+        for seg in inner.segments.iter().rev() {
+            seg.remove_files()?;
             self.sync_dir()?;
         }
         let fresh = Segment::create(&self.fs, &self.dir, base, self.limits())?;
