@@ -51,7 +51,7 @@ impl RecentEntries {
     pub fn push(&mut self, entries: Vec<Entry>) {
         for entry in entries {
             let index = entry.log_id.index;
-            if index != self.end() || self.entries.is_empty() {
+            if index != self.end() {
                 self.truncate_from(index);
                 if index != self.end() {
                     self.clear_at(index);
