@@ -37,7 +37,8 @@ fn log_id(term: u64, index: u64) -> LogId {
     openraft::LogId::new(CommittedLeaderId::new(term, 1), index)
 }
 
-fn entry(index: u64, payload: EntryPayload<TypeConfig>) -> Entry {
+/// An entry of term 1 at `index` (shared with the storage tests).
+pub(super) fn entry(index: u64, payload: EntryPayload<TypeConfig>) -> Entry {
     Entry {
         log_id: log_id(1, index),
         payload,
@@ -52,7 +53,8 @@ fn append(records: &[&[u8]], producer: Option<(&str, u64)>) -> EntryPayload<Type
     })
 }
 
-fn membership() -> EntryPayload<TypeConfig> {
+/// A one-voter membership (node 1).
+pub(super) fn membership() -> EntryPayload<TypeConfig> {
     EntryPayload::Membership(Membership::new(vec![[1u64].into_iter().collect()], None))
 }
 

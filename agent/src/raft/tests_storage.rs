@@ -7,8 +7,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
-use openraft::{CommittedLeaderId, EntryPayload, Membership, RaftSnapshotBuilder};
+use openraft::{CommittedLeaderId, EntryPayload, RaftSnapshotBuilder};
 
+use super::tests::{entry, membership};
 use super::{Entry, LogId, Request, Response, StateMachine, TypeConfig};
 use crate::log::{LogConfig, LogError};
 
@@ -29,23 +30,12 @@ fn log_id(index: u64) -> LogId {
     openraft::LogId::new(CommittedLeaderId::new(1, 1), index)
 }
 
-fn entry(index: u64, payload: EntryPayload<TypeConfig>) -> Entry {
-    Entry {
-        log_id: log_id(index),
-        payload,
-    }
-}
-
 fn append(records: Vec<Vec<u8>>) -> EntryPayload<TypeConfig> {
     EntryPayload::Normal(Request::Append {
         records,
         producer: None,
         at_ms: 1,
     })
-}
-
-fn membership() -> EntryPayload<TypeConfig> {
-    EntryPayload::Membership(Membership::new(vec![[1u64].into_iter().collect()], None))
 }
 
 /// The record every test stores at `offset`.
