@@ -23,7 +23,8 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::log::fs::{FileSystem, RealFs};
 use crate::log::{LogConfig, LogError};
-use crate::raft::{NodeError, NodeSettings, RaftNode};
+use crate::raft::node::NoNetwork;
+use crate::raft::{Member, NodeError, NodeSettings, RaftNode};
 use crate::server::auth::{AclError, Authorizer};
 use crate::server::LogService;
 use crate::transport::tls::{self, TlsError};
@@ -101,20 +102,30 @@ impl Agent {
     ) -> Result<Agent, AgentError> {
         tls::install_crypto_provider();
         let lock = lock_data_dir(&config.data_dir)?;
-        let node = RaftNode::start(NodeSettings {
-            dir: config.data_dir.clone(),
-            name: config.node_name.clone(),
-            log: LogConfig {
-                fs,
-                ..config.log_config()
+        let listener = TcpListener::bind(config.rpc_addr())
+            .await
+            .map_err(io_err(format!("binding rpc address {}", config.rpc_addr())))?;
+        let rpc_addr = listener
+            .local_addr()
+            .map_err(io_err("reading the bound address"))?;
+        let advertise = config.advertise_addr(rpc_addr);
+        let node = RaftNode::start(
+            NodeSettings {
+                dir: config.data_dir.clone(),
+                member: Member::new(config.node_name.clone(), advertise),
+                log: LogConfig {
+                    fs,
+                    ..config.log_config()
+                },
+                snapshot_threshold: config.snapshot_threshold,
+                snapshot_threshold_bytes: config.snapshot_threshold_bytes,
+                retention_bytes: config.retention_bytes,
+                retention_age: config.retention_age().expect("validated"),
+                produce_timeout: config.produce_timeout().expect("validated"),
+                max_producers: config.max_producers,
             },
-            snapshot_threshold: config.snapshot_threshold,
-            snapshot_threshold_bytes: config.snapshot_threshold_bytes,
-            retention_bytes: config.retention_bytes,
-            retention_age: config.retention_age().expect("validated"),
-            produce_timeout: config.produce_timeout().expect("validated"),
-            max_producers: config.max_producers,
-        })
+            NoNetwork,
+        )
         .await?;
         let (auth, tls) = if config.dev {
             warn!("dev mode: no TLS, no ACL, listening on 127.0.0.1 only");
@@ -133,12 +144,6 @@ impl Agent {
             (auth, Some(Arc::new(ArcSwap::new(load_tls(&config)?))))
         };
         let auth = Arc::new(auth);
-        let listener = TcpListener::bind(config.rpc_addr())
-            .await
-            .map_err(io_err(format!("binding rpc address {}", config.rpc_addr())))?;
-        let rpc_addr = listener
-            .local_addr()
-            .map_err(io_err("reading the bound address"))?;
         let unix = match &config.unix_socket {
             Some(path) => Some(
                 Unix::bind(path, config.unix_mode().expect("validated"))
@@ -150,7 +155,7 @@ impl Agent {
         let tasks = TaskTracker::new();
         let max_record_bytes = Arc::new(AtomicU64::new(config.max_record_bytes));
         if config.bootstrap || config.dev {
-            node.bootstrap(&rpc_addr.to_string()).await?;
+            node.bootstrap().await?;
         }
         let service = LogService::new(
             Arc::new(node.clone()),

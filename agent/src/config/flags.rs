@@ -32,6 +32,15 @@ pub struct AgentFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rpc_port: Option<u16>,
+    /// RPC address host:port to advertise to peers and clients (default:
+    /// the bound address; for 0.0.0.0, the outward interface's).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise_addr: Option<String>,
+    /// RPC addresses of cluster members to join through, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_join_addrs: Option<Vec<String>>,
     /// Initialize a new cluster with this node (a no-op on existing state).
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]

@@ -63,8 +63,15 @@ pub struct Config {
     pub bind_addr: SocketAddr,
     /// Port of gRPC (and Raft) on the host of `bind_addr`.
     pub rpc_port: u16,
+    /// The RPC address (`host:port`) peers and clients are told to dial.
+    /// Unset: the bound RPC address, or for a wildcard bind (`0.0.0.0`)
+    /// the address of the interface that routes outward.
+    pub advertise_addr: Option<String>,
     /// Initialize a new cluster with this node (no-op when state exists).
     pub bootstrap: bool,
+    /// RPC addresses (`host:port`) of members to ask to add this node to
+    /// their cluster at start (no-op once this node is a member).
+    pub start_join_addrs: Vec<String>,
     /// No TLS, no ACL, 127.0.0.1 only: for development.
     pub dev: bool,
     /// Casbin model file.
@@ -132,7 +139,9 @@ impl Default for Config {
             node_name: hostname(),
             bind_addr: SocketAddr::from(([127, 0, 0, 1], 8401)),
             rpc_port: 8400,
+            advertise_addr: None,
             bootstrap: false,
+            start_join_addrs: Vec::new(),
             dev: false,
             acl_model_file: None,
             acl_policy_file: None,
@@ -170,6 +179,29 @@ pub struct ConfigError(pub String);
 
 fn invalid(key: &str, value: impl std::fmt::Display, reason: &str) -> ConfigError {
     ConfigError(format!("invalid {key} = {value}: {reason}"))
+}
+
+/// Checks that `value` is `host:port` with a non-zero port.
+fn check_host_port(key: &str, value: &str) -> Result<(), ConfigError> {
+    let port = value
+        .rsplit_once(':')
+        .map(|(host, port)| (host, port.parse::<u16>()));
+    match port {
+        Some((host, Ok(port))) if !host.is_empty() && port != 0 => Ok(()),
+        _ => Err(invalid(
+            key,
+            value,
+            "expected host:port with a non-zero port",
+        )),
+    }
+}
+
+/// The local address of the interface that routes outward: connecting a
+/// UDP socket only picks a route, it sends nothing.
+fn outward_ip() -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind(("0.0.0.0", 0)).ok()?;
+    socket.connect(("192.0.2.1", 9)).ok()?;
+    Some(socket.local_addr().ok()?.ip())
 }
 
 impl Config {
@@ -254,6 +286,12 @@ impl Config {
                 0,
                 "must be positive with sync = interval",
             ));
+        }
+        if let Some(addr) = &self.advertise_addr {
+            check_host_port("advertise_addr", addr)?;
+        }
+        for addr in &self.start_join_addrs {
+            check_host_port("start_join_addrs", addr)?;
         }
         let peer = [
             ("peer_tls_cert_file", &self.peer_tls_cert_file),
@@ -343,6 +381,18 @@ impl Config {
             self.bind_addr.ip()
         };
         SocketAddr::new(ip, self.rpc_port)
+    }
+
+    /// The RPC address this node advertises (see `advertise_addr`), given
+    /// the address its RPC listener is bound to.
+    pub fn advertise_addr(&self, bound: SocketAddr) -> String {
+        if let Some(addr) = &self.advertise_addr {
+            return addr.clone();
+        }
+        if !bound.ip().is_unspecified() {
+            return bound.to_string();
+        }
+        SocketAddr::new(outward_ip().unwrap_or(bound.ip()), bound.port()).to_string()
     }
 
     /// WAL settings derived from this config.

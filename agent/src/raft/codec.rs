@@ -1,13 +1,43 @@
-//! Encoding of Raft entries in the Raft log WAL (bincode of the serde form).
+//! Encoding of Raft entries, in the Raft log WAL and on the wire between
+//! peers: a format version byte, then bincode of the serde form.
+//!
+//! The version byte lets a later build change the entry form (a field in
+//! [`super::Member`], a new request) and still read the entries an older
+//! build wrote: it decodes each version it knows. This build writes and
+//! reads version 1.
 
 use super::Entry;
 
+/// The entry format this build writes.
+pub const VERSION: u8 = 1;
+
+/// Why an entry could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// No bytes at all.
+    #[error("empty entry")]
+    Empty,
+    /// Written by a build with a format this one does not know.
+    #[error("entry format version {0} is unknown to this build (it reads version {VERSION})")]
+    Version(u8),
+    /// The bytes do not hold an entry of the format.
+    #[error("malformed entry: {0}")]
+    Malformed(#[from] bincode::Error),
+}
+
 /// Serializes an entry for the Raft log.
 pub fn encode(entry: &Entry) -> Vec<u8> {
-    bincode::serialize(entry).expect("entries always serialize")
+    let mut out = Vec::with_capacity(64);
+    out.push(VERSION);
+    bincode::serialize_into(&mut out, entry).expect("entries always serialize");
+    out
 }
 
 /// Parses an entry read back from the Raft log.
-pub fn decode(bytes: &[u8]) -> Result<Entry, bincode::Error> {
-    bincode::deserialize(bytes)
+pub fn decode(bytes: &[u8]) -> Result<Entry, DecodeError> {
+    match bytes.split_first() {
+        None => Err(DecodeError::Empty),
+        Some((&VERSION, body)) => Ok(bincode::deserialize(body)?),
+        Some((&other, _)) => Err(DecodeError::Version(other)),
+    }
 }

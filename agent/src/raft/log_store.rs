@@ -201,9 +201,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 let bytes = log.read_unsynced(i).map_err(read_err)?;
                 // An empty record (a hole padded by older versions) does not
                 // decode: an error, as openraft's logs have no holes.
-                let entry = codec::decode(&bytes).map_err(|e| {
-                    io_error(ErrorSubject::Log(read_log_id(i)), ErrorVerb::Read, *e)
-                })?;
+                let entry = codec::decode(&bytes)
+                    .map_err(|e| io_error(ErrorSubject::Log(read_log_id(i)), ErrorVerb::Read, e))?;
                 entries.push(entry);
             }
             Ok(entries)

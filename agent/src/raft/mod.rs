@@ -45,7 +45,7 @@ mod tests_storage;
 use serde::{Deserialize, Serialize};
 
 pub use log_store::LogStore;
-pub use node::{NodeError, NodeSettings, RaftNode};
+pub use node::{Forward, NodeError, NodeSettings, RaftNode};
 pub use state_machine::StateMachine;
 
 /// A command replicated through Raft.
@@ -109,13 +109,41 @@ pub enum Response {
     Empty,
 }
 
+/// A member of the cluster as Raft's membership records it: the name
+/// operators and GetServers see, and the address peers and clients dial.
+/// It is part of every membership entry and snapshot, so fields are only
+/// ever added behind a new codec version (see [`codec`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The node's name (`--node-name`).
+    pub name: String,
+    /// The advertised RPC address (`host:port`), gRPC and Raft alike.
+    pub rpc_addr: String,
+}
+
+impl Member {
+    /// A member named `name` reachable at `rpc_addr`.
+    pub fn new(name: impl Into<String>, rpc_addr: impl Into<String>) -> Member {
+        Member {
+            name: name.into(),
+            rpc_addr: rpc_addr.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.name, self.rpc_addr)
+    }
+}
+
 openraft::declare_raft_types!(
     /// proglog's openraft type configuration.
     pub TypeConfig:
         D = Request,
         R = Response,
         NodeId = u64,
-        Node = openraft::BasicNode,
+        Node = Member,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = transfer::SnapshotData,
         AsyncRuntime = openraft::TokioRuntime,

@@ -7,7 +7,8 @@
 //! deadline), the failure watch (a storage failure stops the node for
 //! good), the leader's producer-bound and retention proposals, and the
 //! snapshot-by-bytes trigger. They live in `propose.rs` and `loops.rs`;
-//! `network.rs` holds the placeholder network of a node without peers.
+//! `network.rs` has the [`Forward`] half of a node's network and the
+//! placeholder network of a node without peers.
 
 mod loops;
 mod network;
@@ -23,18 +24,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use openraft::network::RaftNetworkFactory;
 use openraft::storage::RaftLogStorage;
-use openraft::{BasicNode, Raft, SnapshotPolicy};
+use openraft::{Raft, SnapshotPolicy};
 use proglog_proto::Server;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use super::{LogStore, Request, Response, StateMachine, TypeConfig};
+use super::{LogStore, Member, Request, Response, StateMachine, TypeConfig};
 use crate::log::{LogConfig, LogError};
 use loops::*;
-use network::NoNetwork;
+pub use network::{Forward, Forwarded, NoNetwork};
 use propose::*;
 
 use crate::server::{
@@ -66,8 +68,9 @@ pub enum NodeError {
 pub struct NodeSettings {
     /// Directory for the Raft log, the state machine and identity files.
     pub dir: PathBuf,
-    /// Human name of the node (GetServers shows it).
-    pub name: String,
+    /// This node as members see it: its name (GetServers shows it) and
+    /// the RPC address it advertises.
+    pub member: Member,
     /// Segment sizes for the Raft log and the data log, and the Raft log's
     /// sync policy (the data log never syncs: it is replayed from Raft).
     pub log: LogConfig,
@@ -92,8 +95,10 @@ pub struct NodeSettings {
 #[derive(Clone)]
 pub struct RaftNode {
     id: u64,
-    name: String,
+    member: Member,
     raft: Raft<TypeConfig>,
+    /// Sends a follower's appends to the leader.
+    forward: Arc<dyn Forward>,
     sm: StateMachine,
     log: LogStore,
     dir: PathBuf,
@@ -122,9 +127,13 @@ pub struct RaftNode {
 /// limit must allow that plus framing.
 pub const MAX_PAYLOAD_ENTRIES: u64 = 16;
 impl RaftNode {
-    /// Opens the stores and starts Raft. The node id is created on first
-    /// start and persisted in the directory.
-    pub async fn start(settings: NodeSettings) -> Result<RaftNode, NodeError> {
+    /// Opens the stores and starts Raft, talking to peers through
+    /// `network`. The node id is created on first start and persisted in
+    /// the directory.
+    pub async fn start<N>(settings: NodeSettings, network: N) -> Result<RaftNode, NodeError>
+    where
+        N: RaftNetworkFactory<TypeConfig> + Forward + Clone,
+    {
         std::fs::create_dir_all(&settings.dir).map_err(|source| NodeError::Identity {
             path: settings.dir.clone(),
             source,
@@ -161,7 +170,8 @@ impl RaftNode {
             .map_err(|e| NodeError::Raft(e.to_string()))?
             .last_log_id
             .map(|l| l.index);
-        let raft = Raft::new(id, Arc::new(config), NoNetwork, log.clone(), sm.clone())
+        let forward: Arc<dyn Forward> = Arc::new(network.clone());
+        let raft = Raft::new(id, Arc::new(config), network, log.clone(), sm.clone())
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
         let caught_up = Arc::new(AtomicBool::new(last_at_start.is_none()));
@@ -213,8 +223,9 @@ impl RaftNode {
         }
         Ok(RaftNode {
             id,
-            name: settings.name,
+            member: settings.member,
             raft,
+            forward,
             sm,
             log,
             dir: settings.dir,
@@ -232,7 +243,7 @@ impl RaftNode {
     /// exists (then it is a no-op). Returns whether it initialized. The
     /// new cluster's id is persisted first (`cluster-id`), so a crash
     /// between the two steps leaves the id for the retry.
-    pub async fn bootstrap(&self, rpc_addr: &str) -> Result<bool, NodeError> {
+    pub async fn bootstrap(&self) -> Result<bool, NodeError> {
         let initialized = self
             .raft
             .is_initialized()
@@ -242,7 +253,7 @@ impl RaftNode {
             return Ok(false);
         }
         let cluster = persisted_id(&self.dir.join("cluster-id"))?;
-        let members = BTreeMap::from([(self.id, BasicNode::new(rpc_addr))]);
+        let members = BTreeMap::from([(self.id, self.member.clone())]);
         self.raft
             .initialize(members)
             .await
@@ -293,12 +304,18 @@ impl RaftNode {
     }
 }
 
-impl CommitLog for RaftNode {
-    /// Queues the request for the next Raft entry. The whole produce (a
-    /// place in the bounded queue, then commit) has `produce_timeout`;
-    /// after it, or at once when the node failed, UNAVAILABLE.
-    fn append(&self, records: Vec<Vec<u8>>, producer: Producer) -> Ordered {
-        let deadline = Instant::now() + self.produce_timeout;
+impl RaftNode {
+    /// Appends through this node's own Raft, which must lead by the time
+    /// the entry is proposed (else UNAVAILABLE): the local half of
+    /// [`CommitLog::append`], and what a leader does with a forwarded
+    /// append (it never forwards again, so a stale leader hint cannot make
+    /// a loop).
+    pub fn append_local(
+        &self,
+        records: Vec<Vec<u8>>,
+        producer: Producer,
+        deadline: Instant,
+    ) -> Ordered {
         let (proposals, queue_bytes) = (self.proposals.clone(), Arc::clone(&self.queue_bytes));
         let failure = self.failure();
         Box::pin(async move {
@@ -334,24 +351,62 @@ impl CommitLog for RaftNode {
                     .await
                     .map_err(|_| timed_out())?
                     .map_err(|_| stopped())??;
-                match reply {
-                    Response::Appended {
-                        first_offset,
-                        count,
-                    } => Ok((first_offset, count)),
-                    Response::StaleSequence { oldest } => {
-                        let (producer, sequence) = named.unwrap_or_default();
-                        Err(CommitError::StaleSequence {
-                            producer,
-                            sequence,
-                            oldest,
-                        })
-                    }
-                    other => Err(CommitError::Unavailable(format!(
-                        "unexpected reply {other:?}"
-                    ))),
-                }
+                appended(reply, named)
             }) as Durable)
+        })
+    }
+}
+
+/// The answer of an append request as (first offset, count).
+fn appended(reply: Response, producer: Producer) -> Result<(u64, u64), CommitError> {
+    match reply {
+        Response::Appended {
+            first_offset,
+            count,
+        } => Ok((first_offset, count)),
+        Response::StaleSequence { oldest } => {
+            let (producer, sequence) = producer.unwrap_or_default();
+            Err(CommitError::StaleSequence {
+                producer,
+                sequence,
+                oldest,
+            })
+        }
+        other => Err(CommitError::Unavailable(format!(
+            "unexpected reply {other:?}"
+        ))),
+    }
+}
+
+impl CommitLog for RaftNode {
+    /// Appends through the leader: queued for this node's next Raft entry
+    /// when it leads, forwarded to the leader otherwise. The whole produce
+    /// (finding a leader, a place in the bounded queue, commit) has
+    /// `produce_timeout`; after it, or at once when the node failed,
+    /// UNAVAILABLE. A forwarded append is ordered only once the leader
+    /// answered, so a stream through a follower has one in flight.
+    fn append(&self, records: Vec<Vec<u8>>, producer: Producer) -> Ordered {
+        let deadline = Instant::now() + self.produce_timeout;
+        let node = self.clone();
+        Box::pin(async move {
+            if let Some(why) = node.failure() {
+                return Err(CommitError::Unavailable(why));
+            }
+            let (leader, member) = wait_leader(&node.raft, deadline).await?;
+            if leader == node.id {
+                return node.append_local(records, producer, deadline).await;
+            }
+            let request = Request::Append {
+                records,
+                producer: producer.clone(),
+                at_ms: 0,
+            };
+            let forwarded = node.forward.forward(leader, &member, request, deadline);
+            let reply = tokio::time::timeout_at(deadline, forwarded)
+                .await
+                .map_err(|_| timed_out())??;
+            let answer = appended(reply, producer);
+            Ok(Box::pin(std::future::ready(answer)) as Durable)
         })
     }
 
@@ -379,12 +434,8 @@ impl CommitLog for RaftNode {
             .membership()
             .nodes()
             .map(|(id, node)| Server {
-                id: if *id == self.id {
-                    self.name.clone()
-                } else {
-                    id.to_string()
-                },
-                rpc_addr: node.addr.clone(),
+                id: node.name.clone(),
+                rpc_addr: node.rpc_addr.clone(),
                 is_leader: metrics.current_leader == Some(*id),
             })
             .collect()

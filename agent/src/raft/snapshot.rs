@@ -16,11 +16,12 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
-use openraft::{BasicNode, SnapshotMeta};
+use openraft::SnapshotMeta;
 use serde::{Deserialize, Serialize};
 
 use super::producers::ProducerTable;
 use super::transfer::{self, Pack};
+use super::Member;
 use crate::log::SegmentInfo;
 
 /// What the state machine had applied when a snapshot was taken.
@@ -48,7 +49,7 @@ pub struct FrozenFile {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotFile {
     /// openraft's metadata of the snapshot.
-    pub meta: SnapshotMeta<u64, BasicNode>,
+    pub meta: SnapshotMeta<u64, Member>,
     /// The applied state.
     pub state: AppliedState,
     /// The store files, oldest first, with their frozen lengths. Empty
@@ -202,7 +203,7 @@ impl SnapshotDir {
     pub fn finish(
         &self,
         building: Building,
-        meta: SnapshotMeta<u64, BasicNode>,
+        meta: SnapshotMeta<u64, Member>,
         state: AppliedState,
     ) -> io::Result<SnapshotFile> {
         let file = SnapshotFile {
@@ -241,7 +242,7 @@ impl SnapshotDir {
     pub fn receive(
         &self,
         packed: impl Read,
-        meta: &SnapshotMeta<u64, BasicNode>,
+        meta: &SnapshotMeta<u64, Member>,
     ) -> io::Result<Received> {
         let tmp = self.fresh_dir("installing")?;
         let mut r = BufReader::new(packed);

@@ -23,21 +23,21 @@ use tokio::sync::watch;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    BasicNode, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder,
-    SnapshotMeta, StoredMembership,
+    EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder, SnapshotMeta,
+    StoredMembership,
 };
 
 use super::producers::Verdict;
 use super::snapshot::{AppliedState, SnapshotDir};
 use super::transfer::SnapshotData;
-use super::{io_error, Entry, LogId, Request, Response, StorageError, TypeConfig};
+use super::{io_error, Entry, LogId, Member, Request, Response, StorageError, TypeConfig};
 use crate::log::{Log, LogConfig, LogError, SyncPolicy};
 
 /// Everything applied so far.
 #[derive(Debug, Clone, Default)]
 struct Applied {
     last_applied: Option<LogId>,
-    membership: StoredMembership<u64, BasicNode>,
+    membership: StoredMembership<u64, Member>,
     state: AppliedState,
 }
 
@@ -379,7 +379,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn applied_state(
         &mut self,
-    ) -> Result<(Option<LogId>, StoredMembership<u64, BasicNode>), StorageError> {
+    ) -> Result<(Option<LogId>, StoredMembership<u64, Member>), StorageError> {
         let applied = self.lock_applied();
         Ok((applied.last_applied, applied.membership.clone()))
     }
@@ -419,7 +419,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<u64, BasicNode>,
+        meta: &SnapshotMeta<u64, Member>,
         snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError> {
         let _guard = self.snapshot_lock().await?;
@@ -490,7 +490,7 @@ impl StateMachine {
     fn install_blocking(
         &self,
         received: impl std::io::Read,
-        meta: &SnapshotMeta<u64, BasicNode>,
+        meta: &SnapshotMeta<u64, Member>,
     ) -> Result<(), StorageError> {
         let snapshots = &self.shared.snapshots;
         let received = snapshots.receive(received, meta).map_err(snapshot_error)?;

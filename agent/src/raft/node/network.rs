@@ -1,30 +1,52 @@
-//! The Raft network of a node with no peers yet.
+//! The [`Forward`] half of a node's network, and the network of a node
+//! with no peers.
 
+use std::future::Future;
+use std::pin::Pin;
+
+use tokio::time::Instant;
+
+use super::super::{Member, Request, Response, TypeConfig};
+use crate::server::CommitError;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
 
-use super::super::TypeConfig;
+/// A forwarded append's answer (see [`Forward`]).
+pub type Forwarded = Pin<Box<dyn Future<Output = Result<Response, CommitError>> + Send>>;
 
-/// The network of a node with no peers yet: the Raft transport over the
-/// shared port (first byte 0x01) arrives with the cluster. A one-member
-/// cluster never calls it; calls fail as unreachable.
-pub(super) struct NoNetwork;
+/// Sends a follower's appends to the leader: the part of a node's network
+/// that is not openraft's.
+pub trait Forward: Send + Sync + 'static {
+    /// Sends `request` (a `Request::Append`) to node `leader` at `member`
+    /// and resolves to the leader's answer. `deadline` bounds the call.
+    fn forward(
+        &self,
+        leader: u64,
+        member: &Member,
+        request: Request,
+        deadline: Instant,
+    ) -> Forwarded;
+}
 
-pub(super) fn unreachable<E: std::error::Error>() -> RPCError<u64, BasicNode, E> {
+/// The network of a node with no peers (tests of a single node): calls
+/// fail as unreachable, which a one-member cluster never makes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoNetwork;
+
+fn unreachable<E: std::error::Error>() -> RPCError<u64, Member, E> {
     RPCError::Network(NetworkError::new(&std::io::Error::other(
-        "no raft transport on this node yet",
+        "this node has no network to its peers",
     )))
 }
 
 impl RaftNetworkFactory<TypeConfig> for NoNetwork {
     type Network = NoNetwork;
 
-    async fn new_client(&mut self, _target: u64, _node: &BasicNode) -> NoNetwork {
+    async fn new_client(&mut self, _target: u64, _node: &Member) -> NoNetwork {
         NoNetwork
     }
 }
@@ -34,7 +56,7 @@ impl RaftNetwork<TypeConfig> for NoNetwork {
         &mut self,
         _rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
         Err(unreachable())
     }
 
@@ -44,7 +66,7 @@ impl RaftNetwork<TypeConfig> for NoNetwork {
         _option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<u64>,
-        RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
+        RPCError<u64, Member, RaftError<u64, InstallSnapshotError>>,
     > {
         Err(unreachable())
     }
@@ -53,7 +75,15 @@ impl RaftNetwork<TypeConfig> for NoNetwork {
         &mut self,
         _rpc: VoteRequest<u64>,
         _option: RPCOption,
-    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+    ) -> Result<VoteResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
         Err(unreachable())
+    }
+}
+
+impl Forward for NoNetwork {
+    fn forward(&self, leader: u64, _: &Member, _: Request, _: Instant) -> Forwarded {
+        Box::pin(std::future::ready(Err(CommitError::Unavailable(format!(
+            "node {leader} leads and this node has no network to reach it"
+        )))))
     }
 }

@@ -6,7 +6,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::super::{Request, Response, TypeConfig};
+use super::super::{Member, Request, Response, TypeConfig};
 use super::now_ms;
 use crate::server::CommitError;
 
@@ -48,29 +48,29 @@ pub(super) fn timed_out() -> CommitError {
     )
 }
 
-/// Waits, until `deadline`, for node `id` to lead.
+/// Waits, until `deadline`, for a leader to be known; returns its id and
+/// its member entry (where to forward to).
 pub(super) async fn wait_leader(
     raft: &Raft<TypeConfig>,
-    id: u64,
     deadline: Instant,
-) -> Result<(), CommitError> {
+) -> Result<(u64, Member), CommitError> {
     let wait = deadline.saturating_duration_since(Instant::now());
+    let known = |m: &openraft::RaftMetrics<u64, Member>| {
+        m.current_leader
+            .and_then(|l| m.membership_config.membership().get_node(&l).cloned())
+            .is_some()
+    };
     let led = raft
         .wait(Some(wait))
-        .metrics(
-            |m| m.current_leader.is_some() || m.running_state.is_err(),
-            "a leader",
-        )
+        .metrics(|m| known(m) || m.running_state.is_err(), "a leader")
         .await
         .map_err(|_| CommitError::Unavailable("no leader elected".into()))?;
     if let Err(fatal) = &led.running_state {
         return Err(CommitError::Unavailable(format!("raft stopped: {fatal}")));
     }
-    match led.current_leader {
-        Some(leader) if leader == id => Ok(()),
-        Some(leader) => Err(CommitError::Unavailable(format!(
-            "node {leader} leads; forwarding arrives with the cluster"
-        ))),
+    let leader = led.current_leader.unwrap_or_default();
+    match led.membership_config.membership().get_node(&leader) {
+        Some(member) => Ok((leader, member.clone())),
         None => Err(CommitError::Unavailable("no leader elected".into())),
     }
 }
@@ -134,7 +134,12 @@ pub(super) async fn propose_loop(
             replies.push(pending.reply);
         }
         let write = async {
-            wait_leader(&raft, id, deadline).await?;
+            let (leader, member) = wait_leader(&raft, deadline).await?;
+            if leader != id {
+                return Err(CommitError::Unavailable(format!(
+                    "not the leader: {member} (node {leader}) leads"
+                )));
+            }
             raft.client_write(Request::Batch(requests))
                 .await
                 .map_err(|e| CommitError::Unavailable(e.to_string()))

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use openraft::{BasicNode, ChangeMembers, EntryPayload, RaftLogReader};
+use openraft::{ChangeMembers, EntryPayload, RaftLogReader};
 
 use super::*;
 use crate::log::{SegmentInfo, SyncPolicy};
@@ -12,7 +12,7 @@ use crate::log::{SegmentInfo, SyncPolicy};
 fn settings(dir: &Path) -> NodeSettings {
     NodeSettings {
         dir: dir.to_path_buf(),
-        name: "test".into(),
+        member: Member::new("test", "127.0.0.1:1"),
         log: LogConfig {
             prealloc_bytes: 0,
             ..LogConfig::default()
@@ -28,8 +28,8 @@ fn settings(dir: &Path) -> NodeSettings {
 
 /// Starts and bootstraps a node; waits until it leads.
 async fn leader(settings: NodeSettings) -> RaftNode {
-    let node = RaftNode::start(settings).await.unwrap();
-    node.bootstrap("127.0.0.1:1").await.unwrap();
+    let node = RaftNode::start(settings, NoNetwork).await.unwrap();
+    node.bootstrap().await.unwrap();
     node.raft
         .wait(Some(Duration::from_secs(10)))
         .metrics(|m| m.current_leader == Some(node.id), "leading")
@@ -62,10 +62,13 @@ fn ids_are_never_zero() {
 #[tokio::test]
 async fn produce_on_a_node_without_a_cluster_is_unavailable_within_the_deadline() {
     let dir = tempfile::tempdir().unwrap();
-    let node = RaftNode::start(NodeSettings {
-        produce_timeout: Duration::from_millis(300),
-        ..settings(dir.path())
-    })
+    let node = RaftNode::start(
+        NodeSettings {
+            produce_timeout: Duration::from_millis(300),
+            ..settings(dir.path())
+        },
+        NoNetwork,
+    )
     .await
     .unwrap();
     assert_unavailable_by_deadline(&node).await;
@@ -96,7 +99,7 @@ async fn a_leader_cut_off_from_its_quorum_answers_unavailable_and_keeps_answerin
     // for a quorum, so nothing commits any more while this node still
     // believes it leads (openraft 0.9 leaders never step down by themselves).
     node.raft
-        .add_learner(2, BasicNode::new("127.0.0.1:2"), false)
+        .add_learner(2, Member::new("two", "127.0.0.1:2"), false)
         .await
         .unwrap();
     let raft = node.raft.clone();
@@ -245,17 +248,21 @@ async fn with_sync_interval_a_produce_is_acknowledged_before_the_interval_sync()
 #[tokio::test]
 async fn the_cluster_id_is_made_at_bootstrap_and_kept_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
-    let node = RaftNode::start(settings(dir.path())).await.unwrap();
+    let node = RaftNode::start(settings(dir.path()), NoNetwork)
+        .await
+        .unwrap();
     assert_eq!(node.cluster_id(), None);
-    assert!(node.bootstrap("127.0.0.1:1").await.unwrap());
+    assert!(node.bootstrap().await.unwrap());
     let cluster = node.cluster_id().expect("set at bootstrap");
     assert_ne!(cluster, 0);
     node.shutdown().await.unwrap();
     drop(node);
 
-    let node = RaftNode::start(settings(dir.path())).await.unwrap();
+    let node = RaftNode::start(settings(dir.path()), NoNetwork)
+        .await
+        .unwrap();
     assert_eq!(node.cluster_id(), Some(cluster));
-    assert!(!node.bootstrap("127.0.0.1:1").await.unwrap(), "a no-op");
+    assert!(!node.bootstrap().await.unwrap(), "a no-op");
     assert_eq!(node.cluster_id(), Some(cluster));
     node.shutdown().await.unwrap();
 }
