@@ -11,6 +11,7 @@
 //! placeholder network of a node without peers.
 
 mod loops;
+mod membership;
 mod network;
 mod propose;
 
@@ -36,6 +37,7 @@ use tracing::info;
 use super::{LogStore, Member, Request, Response, StateMachine, TypeConfig};
 use crate::log::{LogConfig, LogError};
 use loops::*;
+pub use membership::MembershipError;
 pub use network::{Forward, Forwarded, NoNetwork};
 use propose::*;
 
@@ -118,6 +120,8 @@ pub struct RaftNode {
     failure: watch::Receiver<Option<String>>,
     /// Stops the background loops.
     stop: CancellationToken,
+    /// Serialises membership changes (one at a time).
+    membership_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Entries per AppendEntries RPC (openraft's `max_payload_entries`, which
@@ -236,6 +240,7 @@ impl RaftNode {
             produce_timeout: settings.produce_timeout,
             failure,
             stop,
+            membership_lock: Arc::default(),
         })
     }
 

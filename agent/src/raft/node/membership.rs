@@ -1,0 +1,104 @@
+//! Membership changes on the leader: add a node (as a learner, promoted to
+//! voter once caught up), remove one. One change at a time.
+
+use std::collections::BTreeSet;
+
+use openraft::ChangeMembers;
+use tracing::info;
+
+use super::super::Member;
+use super::RaftNode;
+
+/// Why a membership change was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    /// Only the leader changes membership; `leader` is the one known.
+    #[error("not the leader{}", leader.as_ref().map(|(id, m)| format!(": {m} (node {id}) leads")).unwrap_or_default())]
+    NotLeader {
+        /// The leader, if one is known.
+        leader: Option<(u64, Member)>,
+    },
+    /// The node is not a member.
+    #[error("node {0} is not a member")]
+    UnknownNode(u64),
+    /// openraft refused or failed the change.
+    #[error("membership change failed: {0}")]
+    Raft(String),
+}
+
+impl RaftNode {
+    /// This node's Raft id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// This node's member entry (name and advertised address).
+    pub fn member(&self) -> &Member {
+        &self.member
+    }
+
+    /// Adds node `id` as a voter: first as a learner, which waits until it
+    /// has caught up with the leader's log, then promoted. Adding a
+    /// current voter again is a no-op.
+    pub async fn add_voter(&self, id: u64, member: Member) -> Result<(), MembershipError> {
+        let _one = self.membership_lock.lock().await;
+        self.check_leader()?;
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        if membership.voter_ids().any(|v| v == id) {
+            return Ok(());
+        }
+        if membership.get_node(&id).is_none() {
+            info!(node_id = id, %member, "adding a learner");
+            self.raft
+                .add_learner(id, member.clone(), true)
+                .await
+                .map_err(|e| MembershipError::Raft(e.to_string()))?;
+        }
+        info!(node_id = id, %member, "promoting to voter");
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(|e| MembershipError::Raft(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Removes node `id` (voter or learner) from the cluster.
+    pub async fn remove_member(&self, id: u64) -> Result<(), MembershipError> {
+        let _one = self.membership_lock.lock().await;
+        self.check_leader()?;
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        if membership.get_node(&id).is_none() {
+            return Err(MembershipError::UnknownNode(id));
+        }
+        info!(node_id = id, "removing a member");
+        if membership.voter_ids().any(|v| v == id) {
+            self.raft
+                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                .await
+                .map_err(|e| MembershipError::Raft(e.to_string()))?;
+        } else {
+            self.raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await
+                .map_err(|e| MembershipError::Raft(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// The leader as this node knows it.
+    pub fn leader(&self) -> Option<(u64, Member)> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let leader = metrics.current_leader?;
+        let member = metrics.membership_config.membership().get_node(&leader)?;
+        Some((leader, member.clone()))
+    }
+
+    fn check_leader(&self) -> Result<(), MembershipError> {
+        match self.leader() {
+            Some((id, _)) if id == self.id => Ok(()),
+            leader => Err(MembershipError::NotLeader { leader }),
+        }
+    }
+}
