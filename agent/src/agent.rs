@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use proglog_proto::log_server::LogServer;
+use proglog_proto::raft::raft_server::RaftServer;
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::Server;
@@ -23,12 +25,13 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::log::fs::{FileSystem, RealFs};
 use crate::log::{LogConfig, LogError};
+use crate::raft::net::{join_loop, PeerNetwork, RaftService, MAX_MESSAGE_BYTES};
 use crate::raft::node::NoNetwork;
 use crate::raft::{Member, NodeError, NodeSettings, RaftNode};
 use crate::server::auth::{AclError, Authorizer};
 use crate::server::LogService;
-use crate::transport::tls::{self, TlsError};
-use crate::transport::{PlainTcp, TlsTcp, Transport, Unix};
+use crate::transport::tls::{self, PeerTls, TlsError};
+use crate::transport::{PlainTcp, RaftRoute, TlsTcp, Transport, Unix};
 
 /// Largest gRPC message beyond the record limit (batches, framing).
 const MESSAGE_SLACK: usize = 64 << 20;
@@ -76,6 +79,7 @@ pub struct Agent {
     node: RaftNode,
     auth: Arc<Authorizer>,
     tls: Option<Arc<ArcSwap<ServerConfig>>>,
+    peer_tls: Option<Arc<ArcSwap<PeerTls>>>,
     max_record_bytes: Arc<AtomicU64>,
     rpc_addr: SocketAddr,
     cancel: CancellationToken,
@@ -109,27 +113,9 @@ impl Agent {
             .local_addr()
             .map_err(io_err("reading the bound address"))?;
         let advertise = config.advertise_addr(rpc_addr);
-        let node = RaftNode::start(
-            NodeSettings {
-                dir: config.data_dir.clone(),
-                member: Member::new(config.node_name.clone(), advertise),
-                log: LogConfig {
-                    fs,
-                    ..config.log_config()
-                },
-                snapshot_threshold: config.snapshot_threshold,
-                snapshot_threshold_bytes: config.snapshot_threshold_bytes,
-                retention_bytes: config.retention_bytes,
-                retention_age: config.retention_age().expect("validated"),
-                produce_timeout: config.produce_timeout().expect("validated"),
-                max_producers: config.max_producers,
-            },
-            NoNetwork,
-        )
-        .await?;
-        let (auth, tls) = if config.dev {
+        let (auth, tls, peer_tls) = if config.dev {
             warn!("dev mode: no TLS, no ACL, listening on 127.0.0.1 only");
-            (Authorizer::allow_all(), None)
+            (Authorizer::allow_all(), None, None)
         } else {
             let (model, policy) = (
                 config.acl_model_file.as_ref(),
@@ -141,9 +127,31 @@ impl Agent {
                 config.unix_socket_subject.clone(),
             )
             .await?;
-            (auth, Some(Arc::new(ArcSwap::new(load_tls(&config)?))))
+            let tls = Arc::new(ArcSwap::new(load_tls(&config)?));
+            let peer = Arc::new(ArcSwap::from_pointee(load_peer_tls(&config)?));
+            (auth, Some(tls), Some(peer))
         };
         let auth = Arc::new(auth);
+        let settings = NodeSettings {
+            dir: config.data_dir.clone(),
+            member: Member::new(config.node_name.clone(), advertise),
+            log: LogConfig {
+                fs,
+                ..config.log_config()
+            },
+            snapshot_threshold: config.snapshot_threshold,
+            snapshot_threshold_bytes: config.snapshot_threshold_bytes,
+            retention_bytes: config.retention_bytes,
+            retention_age: config.retention_age().expect("validated"),
+            produce_timeout: config.produce_timeout().expect("validated"),
+            max_producers: config.max_producers,
+        };
+        // Dev mode is one node: no peer TLS, so no network.
+        let network = peer_tls.clone().map(PeerNetwork::new);
+        let node = match &network {
+            Some(network) => RaftNode::start(settings, network.clone()).await?,
+            None => RaftNode::start(settings, NoNetwork).await?,
+        };
         let unix = match &config.unix_socket {
             Some(path) => Some(
                 Unix::bind(path, config.unix_mode().expect("validated"))
@@ -157,6 +165,37 @@ impl Agent {
         if config.bootstrap || config.dev {
             node.bootstrap().await?;
         }
+        let raft_route = match (&peer_tls, &network) {
+            (Some(peer_tls), Some(network)) => {
+                let (conns, incoming) = tokio::sync::mpsc::channel(128);
+                let raft = RaftServer::new(RaftService::new(node.clone(), network.clone()))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+                let stop = cancel.clone().cancelled_owned();
+                tasks.spawn(async move {
+                    let served = Server::builder()
+                        .add_service(raft)
+                        .serve_with_incoming_shutdown(ReceiverStream::new(incoming), stop)
+                        .await;
+                    if let Err(e) = served {
+                        error!(error = %e, "raft peer server failed");
+                    }
+                });
+                if !config.bootstrap && !config.start_join_addrs.is_empty() {
+                    tasks.spawn(join_loop(
+                        node.clone(),
+                        network.clone(),
+                        config.start_join_addrs.clone(),
+                        cancel.clone(),
+                    ));
+                }
+                Some(RaftRoute {
+                    tls: Arc::clone(peer_tls),
+                    conns,
+                })
+            }
+            _ => None,
+        };
         let service = LogService::new(
             Arc::new(node.clone()),
             Arc::clone(&auth),
@@ -172,6 +211,7 @@ impl Agent {
             node,
             auth,
             tls,
+            peer_tls,
             max_record_bytes,
             rpc_addr,
             cancel,
@@ -189,6 +229,7 @@ impl Agent {
                 TlsTcp {
                     listener,
                     tls: Arc::clone(tls),
+                    raft: raft_route,
                 },
                 service.clone(),
                 health.clone(),
@@ -264,6 +305,12 @@ impl Agent {
                 Err(e) => errors.push(e.to_string()),
             }
         }
+        if let Some(peer_tls) = &self.peer_tls {
+            match load_peer_tls(&self.config.load()) {
+                Ok(config) => peer_tls.store(Arc::new(config)),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
         for e in &errors {
             warn!(error = %e, "reload failed; keeping the previous state");
         }
@@ -291,6 +338,10 @@ impl Agent {
         applied.server_tls_cert_file = new.server_tls_cert_file.clone();
         applied.server_tls_key_file = new.server_tls_key_file.clone();
         applied.server_tls_ca_file = new.server_tls_ca_file.clone();
+        applied.peer_tls_cert_file = new.peer_tls_cert_file.clone();
+        applied.peer_tls_key_file = new.peer_tls_key_file.clone();
+        applied.peer_tls_ca_file = new.peer_tls_ca_file.clone();
+        applied.peer_names = new.peer_names.clone();
         let restart_only = new.data_dir != old.data_dir
             || new.rpc_port != old.rpc_port
             || new.bind_addr != old.bind_addr
@@ -318,6 +369,9 @@ impl Agent {
             &c.server_tls_cert_file,
             &c.server_tls_key_file,
             &c.server_tls_ca_file,
+            &c.peer_tls_cert_file,
+            &c.peer_tls_key_file,
+            &c.peer_tls_ca_file,
         ]
         .into_iter()
         .flatten()
@@ -371,6 +425,25 @@ fn load_tls(config: &Config) -> Result<Arc<ServerConfig>, TlsError> {
         &need(&config.server_tls_key_file),
         &need(&config.server_tls_ca_file),
     )
+}
+
+/// The peer TLS: the `peer_tls_*` files, or the server's when those are
+/// unset (`proglog certs` makes a server certificate for client auth too).
+fn load_peer_tls(config: &Config) -> Result<PeerTls, TlsError> {
+    let need = |p: &Option<PathBuf>| p.clone().expect("validated: TLS files set unless dev");
+    let (cert, key, ca) = match &config.peer_tls_cert_file {
+        Some(_) => (
+            need(&config.peer_tls_cert_file),
+            need(&config.peer_tls_key_file),
+            need(&config.peer_tls_ca_file),
+        ),
+        None => (
+            need(&config.server_tls_cert_file),
+            need(&config.server_tls_key_file),
+            need(&config.server_tls_ca_file),
+        ),
+    };
+    tls::peer_tls(&cert, &key, &ca, &config.peer_names)
 }
 
 /// Creates the data dir and takes an exclusive lock on `LOCK` in it, held

@@ -15,3 +15,9 @@ pub mod v1 {
 }
 
 pub use v1::*;
+
+/// proglog's peer service `raft.v1.Raft` (Raft RPCs, forwarded appends,
+/// joins), spoken only between nodes on the shared port's Raft path.
+pub mod raft {
+    tonic::include_proto!("raft.v1");
+}

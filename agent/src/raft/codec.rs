@@ -1,10 +1,14 @@
-//! Encoding of Raft entries, in the Raft log WAL and on the wire between
-//! peers: a format version byte, then bincode of the serde form.
+//! Encoding of Raft entries in the Raft log WAL, and of openraft's
+//! messages between peers: a format version byte, then bincode of the
+//! serde form.
 //!
 //! The version byte lets a later build change the entry form (a field in
 //! [`super::Member`], a new request) and still read the entries an older
 //! build wrote: it decodes each version it knows. This build writes and
 //! reads version 1.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use super::Entry;
 
@@ -27,14 +31,24 @@ pub enum DecodeError {
 
 /// Serializes an entry for the Raft log.
 pub fn encode(entry: &Entry) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64);
-    out.push(VERSION);
-    bincode::serialize_into(&mut out, entry).expect("entries always serialize");
-    out
+    encode_msg(entry)
 }
 
 /// Parses an entry read back from the Raft log.
 pub fn decode(bytes: &[u8]) -> Result<Entry, DecodeError> {
+    decode_msg(bytes)
+}
+
+/// Serializes an entry or an openraft message (the peers' wire form).
+pub fn encode_msg<T: Serialize>(msg: &T) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.push(VERSION);
+    bincode::serialize_into(&mut out, msg).expect("raft types always serialize");
+    out
+}
+
+/// Parses what [`encode_msg`] wrote.
+pub fn decode_msg<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     match bytes.split_first() {
         None => Err(DecodeError::Empty),
         Some((&VERSION, body)) => Ok(bincode::deserialize(body)?),

@@ -30,6 +30,7 @@
 
 pub mod codec;
 pub mod log_store;
+pub mod net;
 pub mod node;
 pub mod producers;
 mod recent;

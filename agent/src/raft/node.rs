@@ -272,11 +272,45 @@ impl RaftNode {
         Ok(true)
     }
 
-    /// The id of the cluster this node bootstrapped, from its `cluster-id`
-    /// file; `None` before bootstrap. Peers will compare it when a node
-    /// joins; that check arrives with the cluster transport.
+    /// The id of the cluster this node bootstrapped or joined, from its
+    /// `cluster-id` file; `None` before either. A leader refuses a join
+    /// from a node of another cluster.
     pub fn cluster_id(&self) -> Option<u64> {
         self.cluster_id.get().copied()
+    }
+
+    /// Records the id of the cluster this node joined (persisted first).
+    /// A node of another cluster keeps its own id and gets an error.
+    pub async fn adopt_cluster_id(&self, cluster: u64) -> Result<(), NodeError> {
+        match self.cluster_id() {
+            Some(own) if own == cluster => return Ok(()),
+            Some(own) => {
+                return Err(NodeError::Raft(format!(
+                    "this node belongs to cluster {own}, not {cluster}"
+                )))
+            }
+            None => {}
+        }
+        let path = self.dir.join("cluster-id");
+        let written = path.clone();
+        tokio::task::spawn_blocking(move || {
+            super::log_store::write_durably(&written, cluster.to_string().as_bytes())
+        })
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?
+        .map_err(|source| NodeError::Identity { path, source })?;
+        let _ = self.cluster_id.set(cluster);
+        Ok(())
+    }
+
+    /// The openraft handle, for the peer service (Raft RPCs from peers).
+    pub(crate) fn raft(&self) -> &Raft<TypeConfig> {
+        &self.raft
+    }
+
+    /// How long a produce may take (a forwarded one too).
+    pub fn produce_timeout(&self) -> Duration {
+        self.produce_timeout
     }
 
     /// Why the node stopped serving, or `None` while it serves. A failed

@@ -49,6 +49,10 @@ pub enum CommitError {
     /// No leader, or the node is shutting down.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The leader's answer to an append this follower forwarded, or why
+    /// the leader could not be reached: the client gets it as it is.
+    #[error("leader: {}", .0.message())]
+    Leader(Status),
 }
 
 /// An idempotent producer's identity and the sequence of one request.

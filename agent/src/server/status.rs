@@ -11,6 +11,7 @@ impl From<CommitError> for Status {
             CommitError::Log(e) => e.into(),
             CommitError::StaleSequence { .. } => Status::failed_precondition(e.to_string()),
             CommitError::Unavailable(_) => Status::unavailable(e.to_string()),
+            CommitError::Leader(status) => status,
         }
     }
 }

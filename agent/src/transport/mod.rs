@@ -2,9 +2,12 @@
 //!
 //! A [`Transport`] turns a bound listener into a stream of connections that
 //! tonic serves. TCP connections are split on their first byte: `0x01` is
-//! the book's Raft byte (refused until the Raft transport lands), anything
-//! else is gRPC, over TLS unless in dev mode. Handshakes run in a task per
-//! connection, so a slow or silent client never stalls accept.
+//! the book's Raft byte, then TLS with the peer certificates; the peer's
+//! CN must be a peer name (see [`tls::PeerTls`]) before the connection
+//! reaches the Raft service ([`RaftRoute`]). Anything else is gRPC, over
+//! TLS unless in dev mode (which has no Raft path: one node). Handshakes
+//! run in a task per connection, so a slow or silent client never stalls
+//! accept.
 
 pub mod tls;
 
@@ -15,7 +18,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls::ServerConfig;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
@@ -47,6 +50,54 @@ pub struct TlsTcp {
     pub listener: TcpListener,
     /// The current TLS config (swapped by hot reload).
     pub tls: Arc<ArcSwap<ServerConfig>>,
+    /// Where Raft connections (first byte `0x01`) go; refused if `None`.
+    pub raft: Option<RaftRoute>,
+}
+
+/// The Raft path of the shared port: admitted peer connections go to
+/// `conns`, which the Raft service serves.
+#[derive(Clone)]
+pub struct RaftRoute {
+    /// The current peer TLS (swapped by hot reload).
+    pub tls: Arc<ArcSwap<tls::PeerTls>>,
+    /// Admitted connections.
+    pub conns: mpsc::Sender<io::Result<TlsStream<TcpStream>>>,
+}
+
+impl RaftRoute {
+    /// Consumes the Raft byte, runs the TLS handshake with the peer
+    /// config and admits the peer by its certificate's CN; a refused
+    /// connection is dropped before any Raft call.
+    async fn admit(&self, mut sock: TcpStream) {
+        let peer = sock.peer_addr().ok();
+        let mut byte = [0u8; 1];
+        if sock.read_exact(&mut byte).await.is_err() {
+            return;
+        }
+        let tls = self.tls.load_full();
+        let stream = match TlsAcceptor::from(Arc::clone(&tls.server))
+            .accept(sock)
+            .await
+        {
+            Ok(stream) => stream,
+            Err(e) => {
+                debug!(?peer, error = %e, "raft connection refused: TLS handshake failed");
+                return;
+            }
+        };
+        let leaf = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first());
+        match tls.admit(leaf.map(|c| c.as_ref())) {
+            Ok(cn) => {
+                debug!(?peer, %cn, "raft connection admitted");
+                let _ = self.conns.send(Ok(stream)).await;
+            }
+            Err(why) => warn!(?peer, reason = %why, "raft connection refused"),
+        }
+    }
 }
 
 /// Plain TCP, for `--dev` only.
@@ -139,17 +190,22 @@ where
     ReceiverStream::new(rx)
 }
 
-/// Peeks at the first byte: true for gRPC; false if the peer closed or
-/// sent the Raft byte (no Raft transport on this node yet).
-async fn first_byte_is_grpc(sock: &TcpStream) -> bool {
+/// What a connection's first byte asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Route {
+    Grpc,
+    Raft,
+    /// The peer closed before sending a byte.
+    Closed,
+}
+
+/// Peeks at the first byte (it stays in the socket).
+async fn route(sock: &TcpStream) -> Route {
     let mut b = [0u8; 1];
     match sock.peek(&mut b).await {
-        Ok(1) if b[0] == RAFT_RPC => {
-            debug!("raft connection refused: no raft transport on this node yet");
-            false
-        }
-        Ok(1) => true,
-        _ => false,
+        Ok(1) if b[0] == RAFT_RPC => Route::Raft,
+        Ok(1) => Route::Grpc,
+        _ => Route::Closed,
     }
 }
 
@@ -157,12 +213,22 @@ impl Transport for TlsTcp {
     type Io = TlsStream<TcpStream>;
 
     fn incoming(self, cancel: CancellationToken) -> ReceiverStream<io::Result<Self::Io>> {
-        let tls = self.tls;
+        let (tls, raft) = (self.tls, self.raft);
         accept_tcp(self.listener, cancel, move |sock| {
             let acceptor = TlsAcceptor::from(tls.load_full());
+            let raft = raft.clone();
             async move {
-                if !first_byte_is_grpc(&sock).await {
-                    return None;
+                match (route(&sock).await, raft) {
+                    (Route::Grpc, _) => {}
+                    (Route::Raft, Some(raft)) => {
+                        raft.admit(sock).await;
+                        return None;
+                    }
+                    (Route::Raft, None) => {
+                        debug!("raft connection refused: no peer TLS on this node");
+                        return None;
+                    }
+                    (Route::Closed, _) => return None,
                 }
                 let peer = sock.peer_addr().ok();
                 match acceptor.accept(sock).await {
@@ -182,7 +248,8 @@ impl Transport for PlainTcp {
 
     fn incoming(self, cancel: CancellationToken) -> ReceiverStream<io::Result<Self::Io>> {
         accept_tcp(self.listener, cancel, |sock| async move {
-            first_byte_is_grpc(&sock).await.then_some(sock)
+            // Dev mode is one node: no Raft path.
+            (route(&sock).await == Route::Grpc).then_some(sock)
         })
     }
 }
