@@ -239,3 +239,162 @@ impl Drop for AgentProcess {
         let _ = self.child.wait();
     }
 }
+
+/// A cluster of real `proglog agent` processes on loopback sharing one
+/// fixture: node 0 bootstraps, the others join it by `--start-join-addrs`.
+/// The base of the cluster tests.
+pub struct ProcessCluster {
+    /// Certificates and ACL.
+    pub fx: Fixture,
+    /// RPC port of each node (fixed: membership records the address).
+    pub ports: Vec<u16>,
+    /// Each node's process, `None` while it is down.
+    pub procs: Vec<Option<AgentProcess>>,
+    /// Extra flags for every node.
+    extra: Vec<String>,
+    starts: usize,
+}
+
+impl ProcessCluster {
+    /// Starts `n` nodes with `extra` flags each and waits until every node
+    /// lists `n` servers and a leader.
+    pub fn start(n: usize, extra: &[&str]) -> ProcessCluster {
+        let mut cluster = ProcessCluster {
+            fx: Fixture::new(),
+            ports: (0..n).map(|_| free_port()).collect(),
+            procs: (0..n).map(|_| None).collect(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            starts: 0,
+        };
+        for i in 0..n {
+            cluster.start_node(i);
+        }
+        for i in 0..n {
+            cluster.wait_servers(i, n);
+        }
+        cluster
+    }
+
+    /// `proglog agent` flags of node `i`.
+    pub fn args(&self, i: usize) -> Vec<String> {
+        let mut args = self.fx.agent_args(&format!("node{i}"), self.ports[i]);
+        if i > 0 {
+            args.retain(|a| a != "--bootstrap");
+            args.push("--start-join-addrs".into());
+            args.push(format!("127.0.0.1:{}", self.ports[0]));
+        }
+        args.extend(["--node-name".into(), format!("node{i}")]);
+        args.extend(self.extra.iter().cloned());
+        args
+    }
+
+    /// Starts (or restarts) node `i` on its data dir and waits until it
+    /// serves.
+    pub fn start_node(&mut self, i: usize) {
+        self.starts += 1;
+        let log = self.fx.path(&format!("node{i}.{}.log", self.starts));
+        let mut agent = AgentProcess::start(&self.args(i), log);
+        agent.wait_ready(&self.conn(i));
+        self.procs[i] = Some(agent);
+    }
+
+    /// Client flags (user `root`) for node `i`.
+    pub fn conn(&self, i: usize) -> Vec<String> {
+        self.fx.client_args("root", self.ports[i])
+    }
+
+    /// `proglog servers` on node `i`: (name, address, leads).
+    pub fn servers(&self, i: usize) -> Vec<(String, String, bool)> {
+        let out = client("servers", &self.conn(i), &[], "");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| {
+                let mut f = line.split('\t');
+                Some((
+                    f.next()?.to_string(),
+                    f.next()?.to_string(),
+                    f.next()? == "leader",
+                ))
+            })
+            .collect()
+    }
+
+    /// Waits until node `i` lists `n` servers and a leader.
+    pub fn wait_servers(&self, i: usize, n: usize) {
+        eventually(
+            &format!("node{i} to list {n} servers and a leader"),
+            Duration::from_secs(60),
+            || {
+                let servers = self.servers(i);
+                (servers.len() == n && servers.iter().any(|s| s.2)).then_some(())
+            },
+        );
+    }
+
+    /// The node every running node names as leader, once they agree on a
+    /// running one.
+    pub fn leader(&self) -> usize {
+        eventually(
+            "a running leader every running node agrees on",
+            Duration::from_secs(60),
+            || {
+                let mut views = (0..self.procs.len())
+                    .filter(|&i| self.procs[i].is_some())
+                    .map(|i| self.servers(i).into_iter().find(|s| s.2).map(|s| s.0));
+                let first = views.next()??;
+                let leader: usize = first.strip_prefix("node")?.parse().ok()?;
+                (self.procs[leader].is_some() && views.all(|v| v.as_ref() == Some(&first)))
+                    .then_some(leader)
+            },
+        )
+    }
+
+    /// SIGKILLs node `i`.
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut agent) = self.procs[i].take() {
+            agent.kill9();
+        }
+    }
+
+    /// Produces each of `values` through node `i` with the CLI; returns
+    /// the offsets it printed.
+    pub fn produce(&self, i: usize, values: &[String]) -> Vec<u64> {
+        let input: String = values.iter().map(|v| format!("{v}\n")).collect();
+        let out = client("produce", &self.conn(i), &[], &input);
+        assert!(
+            out.status.success(),
+            "produce via node{i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.trim().parse().expect("an offset per line"))
+            .collect()
+    }
+
+    /// Waits until node `i` returns `value` at each `(offset, value)`.
+    pub fn wait_records(&self, i: usize, acked: &[(u64, String)]) {
+        eventually(
+            &format!("node{i} to hold {} acked records", acked.len()),
+            Duration::from_secs(60),
+            || {
+                let out = client("consume", &self.conn(i), &["--from", "0", "--json"], "");
+                if !out.status.success() && out.stdout.is_empty() {
+                    return None;
+                }
+                let got: std::collections::HashMap<u64, String> =
+                    String::from_utf8_lossy(&out.stdout)
+                        .lines()
+                        .filter_map(|l| {
+                            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                            Some((v["offset"].as_u64()?, v["value"].as_str()?.to_string()))
+                        })
+                        .collect();
+                acked
+                    .iter()
+                    .all(|(o, v)| got.get(o) == Some(v))
+                    .then_some(())
+            },
+        );
+    }
+}
