@@ -70,7 +70,8 @@ pub struct Config {
     /// Initialize a new cluster with this node (no-op when state exists).
     pub bootstrap: bool,
     /// RPC addresses (`host:port`) of members to ask to add this node to
-    /// their cluster at start (no-op once this node is a member).
+    /// their cluster at start (no-op once this node is a member). Until
+    /// gossip discovery lands these are RPC addresses, not gossip ones.
     pub start_join_addrs: Vec<String>,
     /// No TLS, no ACL, 127.0.0.1 only: for development.
     pub dev: bool,

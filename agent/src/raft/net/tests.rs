@@ -376,3 +376,32 @@ async fn only_peer_certificates_open_the_raft_path() {
     );
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_names_and_certificates_reload_without_a_restart() {
+    let cluster = Cluster::start(1).await;
+    assert!(!raft_call_as(&cluster, 0, "nobody-client").await);
+    let config = Config {
+        peer_names: vec!["nobody".into()],
+        ..cluster.configs[0].clone()
+    };
+    let errors = cluster.agent(0).reload(Some(config)).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(raft_call_as(&cluster, 0, "nobody-client").await);
+    // A broken peer key keeps the previous peer TLS in force.
+    let broken = cluster.dir.path().join("broken.pem");
+    std::fs::write(&broken, "not a key").unwrap();
+    let config = Config {
+        peer_tls_cert_file: Some(cluster.certs().join("server.pem")),
+        peer_tls_key_file: Some(broken),
+        peer_tls_ca_file: Some(cluster.certs().join("ca.pem")),
+        ..cluster.configs[0].clone()
+    };
+    let errors = cluster.agent(0).reload(Some(config)).await;
+    assert!(
+        errors.iter().any(|e| e.contains("broken.pem")),
+        "the error names the file: {errors:?}"
+    );
+    assert!(raft_call_as(&cluster, 0, "server").await);
+    cluster.shutdown().await;
+}
