@@ -203,3 +203,41 @@ fn toml_like(text: &str) -> Config {
         .extract()
         .unwrap()
 }
+
+#[test]
+fn the_advertised_address_is_dialable() {
+    let bound: std::net::SocketAddr = "127.0.0.1:8400".parse().unwrap();
+    let config = Config::default();
+    assert_eq!(config.advertise_addr(bound), "127.0.0.1:8400");
+    // A wildcard bind advertises an interface address, never 0.0.0.0.
+    let wildcard: std::net::SocketAddr = "0.0.0.0:8400".parse().unwrap();
+    let advertised: std::net::SocketAddr = config.advertise_addr(wildcard).parse().unwrap();
+    assert!(!advertised.ip().is_unspecified(), "{advertised}");
+    assert_eq!(advertised.port(), 8400);
+    let set = Config {
+        advertise_addr: Some("node1.example:9400".into()),
+        ..Config::default()
+    };
+    assert_eq!(set.advertise_addr(wildcard), "node1.example:9400");
+}
+
+#[test]
+fn addresses_must_be_host_and_port() {
+    for (key, bad) in [
+        ("advertise_addr", "no-port"),
+        ("advertise_addr", "host:0"),
+        ("start_join_addrs", ":8400"),
+        ("start_join_addrs", "host:99999"),
+    ] {
+        let mut config = Config {
+            dev: true,
+            ..Config::default()
+        };
+        match key {
+            "advertise_addr" => config.advertise_addr = Some(bad.into()),
+            _ => config.start_join_addrs = vec![bad.into()],
+        }
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains(key) && err.contains(bad), "{err}");
+    }
+}
