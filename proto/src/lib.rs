@@ -1,4 +1,5 @@
-//! Generated types and gRPC stubs for `log.v1.Log`.
+//! Generated types and gRPC stubs for `log.v1.Log` and for proglog's
+//! operator API, `proglog.admin.v1.Admin` (module [`admin`]).
 //!
 //! The book's messages and RPCs keep their names, numbers and types; the
 //! `ProduceBatch` RPC and the producer fields are proglog's extension, which
@@ -15,3 +16,10 @@ pub mod v1 {
 }
 
 pub use v1::*;
+
+/// Messages, client and server of package `proglog.admin.v1`: membership
+/// changes and the Raft view of the cluster, for operators. Its
+/// descriptors are in [`v1::FILE_DESCRIPTOR_SET`] too.
+pub mod admin {
+    tonic::include_proto!("proglog.admin.v1");
+}
