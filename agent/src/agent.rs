@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use proglog_proto::admin::admin_server::AdminServer;
 use proglog_proto::log_server::LogServer;
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
@@ -26,7 +27,7 @@ use crate::log::{LogConfig, LogError};
 use crate::raft::node::NoNetwork;
 use crate::raft::{Member, NodeError, NodeSettings, RaftNode};
 use crate::server::auth::{AclError, Authorizer};
-use crate::server::LogService;
+use crate::server::{AdminService, LogService};
 use crate::transport::tls::{self, TlsError};
 use crate::transport::{PlainTcp, TlsTcp, Transport, Unix};
 
@@ -222,6 +223,7 @@ impl Agent {
         let log = LogServer::new(service)
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
+        let admin = AdminServer::new(AdminService::new(self.node.clone(), Arc::clone(&self.auth)));
         let incoming = transport.incoming(self.cancel.clone());
         let stop = self.cancel.clone().cancelled_owned();
         self.tasks.spawn(async move {
@@ -229,6 +231,7 @@ impl Agent {
                 .add_service(health)
                 .add_service(reflection)
                 .add_service(log)
+                .add_service(admin)
                 .serve_with_incoming_shutdown(incoming, stop)
                 .await;
             if let Err(e) = served {

@@ -22,4 +22,11 @@ pub use v1::*;
 /// descriptors are in [`v1::FILE_DESCRIPTOR_SET`] too.
 pub mod admin {
     tonic::include_proto!("proglog.admin.v1");
+
+    /// Response metadata key of a FAILED_PRECONDITION from a follower: the
+    /// leader's node name.
+    pub const LEADER_NAME_METADATA: &str = "leader-name";
+    /// Response metadata key of a FAILED_PRECONDITION from a follower: the
+    /// leader's advertised RPC address (`host:port`), where to retry.
+    pub const LEADER_ADDR_METADATA: &str = "leader-addr";
 }
