@@ -213,17 +213,11 @@ fn cluster_status(node: &RaftNode) -> ClusterStatusResponse {
     let members = membership
         .nodes()
         .map(|(id, m)| {
+            // The leader's progress lists every member, itself included
+            // (its flushed log).
             let matched = replication
                 .and_then(|r| r.get(id).copied().flatten())
                 .map(|log_id| log_id.index);
-            // The leader's own progress is its log (openraft may not
-            // list it among the replication targets).
-            let matched = match matched {
-                None if metrics.current_leader == Some(*id) && *id == metrics.id => {
-                    metrics.last_log_index
-                }
-                other => other,
-            };
             ClusterMember {
                 id: *id,
                 name: m.name.clone(),

@@ -320,3 +320,5 @@ fn producer(id: String, sequence: u64) -> Producer {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_admin;
