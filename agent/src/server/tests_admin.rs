@@ -1,7 +1,8 @@
 //! Admin service tests on one agent over real TLS: the ACL action
 //! `admin`, the status of a bootstrapped node, argument and unknown-node
-//! errors, and the leader hint a follower's refusal carries. Changes on a
-//! cluster of several nodes are tested with the cluster harness.
+//! errors, the leader hint a follower's refusal carries, and reflection.
+//! Changes on a cluster of several nodes are tested with the cluster
+//! harness.
 
 use proglog_client::{leader_addr, Error};
 use proglog_proto::admin::ClusterStatusResponse;
@@ -153,4 +154,36 @@ fn a_follower_refusal_names_the_leader_for_the_retry() {
     assert_eq!(leader_addr(&Error::Status(unknown)), None);
     let raft = tonic::Status::from(MembershipError::Raft("x".into()));
     assert_eq!(raft.code(), Code::Unavailable);
+}
+
+#[tokio::test]
+async fn reflection_lists_the_admin_service() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let node = Node::start(|c| c.dev = true).await;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", node.agent.rpc_addr()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = replies.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("expected a service list, got {reply:?}");
+    };
+    let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"proglog.admin.v1.Admin"), "{names:?}");
+    assert!(names.contains(&"log.v1.Log"), "{names:?}");
 }
