@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use proglog_proto::admin::admin_server::AdminServer;
 use proglog_proto::log_server::LogServer;
 use proglog_proto::raft::raft_server::RaftServer;
 use rustls::ServerConfig;
@@ -29,7 +30,7 @@ use crate::raft::net::{join_loop, PeerNetwork, RaftService, MAX_MESSAGE_BYTES};
 use crate::raft::node::NoNetwork;
 use crate::raft::{Member, NodeError, NodeSettings, RaftNode};
 use crate::server::auth::{AclError, Authorizer};
-use crate::server::LogService;
+use crate::server::{AdminService, LogService};
 use crate::transport::tls::{self, PeerTls, TlsError};
 use crate::transport::{PlainTcp, RaftRoute, TlsTcp, Transport, Unix};
 
@@ -263,6 +264,7 @@ impl Agent {
         let log = LogServer::new(service)
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
+        let admin = AdminServer::new(AdminService::new(self.node.clone(), Arc::clone(&self.auth)));
         let incoming = transport.incoming(self.cancel.clone());
         let stop = self.cancel.clone().cancelled_owned();
         self.tasks.spawn(async move {
@@ -270,6 +272,7 @@ impl Agent {
                 .add_service(health)
                 .add_service(reflection)
                 .add_service(log)
+                .add_service(admin)
                 .serve_with_incoming_shutdown(incoming, stop)
                 .await;
             if let Err(e) = served {

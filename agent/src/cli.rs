@@ -1,10 +1,12 @@
-//! The client subcommands: `produce`, `consume`, `servers`, built on
-//! `proglog-client`.
+//! The client subcommands: `produce`, `consume`, `servers`, and the
+//! operator verbs `status`, `add-voter`, `remove-peer`,
+//! `transfer-leader` (the admin service), built on `proglog-client`.
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
-use proglog_client::{Client, Error, Target, Tls};
+use proglog_client::proto::admin::ClusterStatusResponse;
+use proglog_client::{leader_addr, Client, Error, Target, Tls};
 use tokio_stream::StreamExt;
 
 /// How to reach an agent (shared by the client subcommands).
@@ -34,10 +36,7 @@ impl ConnectArgs {
         if let Some(path) = &self.unix_socket {
             return Client::connect(Target::Unix(path.clone())).await;
         }
-        let tls = match (&self.tls_ca_file, &self.tls_cert_file, &self.tls_key_file) {
-            (Some(ca), Some(cert), Some(key)) => Some(Tls::from_files(ca, cert, key)?),
-            _ => None,
-        };
+        let tls = self.tls()?;
         let mut last = Error::Address(String::new());
         for addr in &self.addr {
             match Client::connect(Target::Tcp {
@@ -51,6 +50,41 @@ impl ConnectArgs {
             }
         }
         Err(last)
+    }
+
+    /// The client TLS material the flags name, if any.
+    fn tls(&self) -> Result<Option<Tls>, Error> {
+        Ok(
+            match (&self.tls_ca_file, &self.tls_cert_file, &self.tls_key_file) {
+                (Some(ca), Some(cert), Some(key)) => Some(Tls::from_files(ca, cert, key)?),
+                _ => None,
+            },
+        )
+    }
+
+    /// Runs a leader-only admin `call`; when the agent is a follower that
+    /// names the leader, runs it once more against the leader's address
+    /// with the same TLS flags (over TCP: a Unix socket reaches only its
+    /// own agent, so there the follower's answer is the error).
+    async fn on_leader<T>(
+        &self,
+        mut call: impl AsyncFnMut(&mut Client) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let mut client = self.connect().await?;
+        let error = match call(&mut client).await {
+            Ok(answer) => return Ok(answer),
+            Err(e) => e,
+        };
+        let Some(leader) = leader_addr(&error).filter(|_| self.unix_socket.is_none()) else {
+            return Err(error);
+        };
+        eprintln!("proglog: {error}; retrying on the leader at {leader}");
+        let mut client = Client::connect(Target::Tcp {
+            addr: leader,
+            tls: self.tls()?,
+        })
+        .await?;
+        call(&mut client).await
     }
 }
 
@@ -118,6 +152,102 @@ pub async fn servers(conn: &ConnectArgs) -> Result<(), Error> {
     Ok(())
 }
 
+/// `proglog status`: the agent's Raft view, then one row per member.
+pub async fn status(conn: &ConnectArgs) -> Result<(), Error> {
+    let status = conn.connect().await?.cluster_status().await?;
+    let _ = std::io::stdout()
+        .lock()
+        .write_all(status_table(&status).as_bytes());
+    Ok(())
+}
+
+/// The text of `proglog status`: a header of the answering node's view
+/// and an aligned table of members.
+fn status_table(s: &ClusterStatusResponse) -> String {
+    let leader = if s.leader_id == 0 {
+        "none known".to_string()
+    } else {
+        format!("{} (id {})", s.leader_name, s.leader_id)
+    };
+    let mut out = format!(
+        "node:     {} (id {})\nterm:     {}\nleader:   {leader}\nlast log: {}\napplied:  {}\n\n",
+        s.name, s.id, s.term, s.last_log_index, s.applied_index
+    );
+    let mut rows = vec![[
+        "ID".to_string(),
+        "NAME".into(),
+        "RPC_ADDR".into(),
+        "ROLE".into(),
+        "MATCHED".into(),
+    ]];
+    for m in &s.members {
+        let role = match (m.id == s.leader_id, m.voter) {
+            (true, _) => "leader",
+            (false, true) => "voter",
+            (false, false) => "learner",
+        };
+        // Only the leader tracks how far each member's log matches.
+        let matched = if s.id == s.leader_id {
+            m.matched_index.to_string()
+        } else {
+            "-".into()
+        };
+        rows.push([
+            m.id.to_string(),
+            m.name.clone(),
+            m.rpc_addr.clone(),
+            role.into(),
+            matched,
+        ]);
+    }
+    let widths: Vec<usize> = (0..5)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    for row in &rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `proglog add-voter`: adds node `id` as a voter (a learner first, until
+/// it caught up), on the leader.
+pub async fn add_voter(
+    conn: &ConnectArgs,
+    id: u64,
+    name: &str,
+    rpc_addr: &str,
+) -> Result<(), Error> {
+    conn.on_leader(async |c: &mut Client| c.add_voter(id, name, rpc_addr).await)
+        .await?;
+    println!("added {name} (id {id}) at {rpc_addr} as a voter");
+    Ok(())
+}
+
+/// `proglog remove-peer`: removes the member `node` names (name or id),
+/// on the leader.
+pub async fn remove_peer(conn: &ConnectArgs, node: &str) -> Result<(), Error> {
+    conn.on_leader(async |c: &mut Client| c.remove_server(node).await)
+        .await?;
+    println!("removed {node}");
+    Ok(())
+}
+
+/// `proglog transfer-leader`: asks the leader to hand over to `node`, or
+/// to the most caught-up follower.
+pub async fn transfer_leader(conn: &ConnectArgs, node: Option<&str>) -> Result<(), Error> {
+    let id = conn
+        .on_leader(async |c: &mut Client| c.transfer_leadership(node).await)
+        .await?;
+    println!("leadership handed to node {id}");
+    Ok(())
+}
+
 fn print_record(out: &mut impl Write, offset: u64, value: &[u8], json: bool) {
     let line = if !json {
         String::from_utf8_lossy(value).into_owned()
@@ -151,6 +281,49 @@ fn base64(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use proglog_client::proto::admin::{ClusterMember, ClusterStatusResponse};
+
+    #[test]
+    fn status_table_aligns_members_and_marks_the_leader() {
+        let member = |id, name: &str, voter, matched_index| ClusterMember {
+            id,
+            name: name.into(),
+            rpc_addr: format!("10.0.0.{id}:8400"),
+            voter,
+            matched_index,
+        };
+        let mut status = ClusterStatusResponse {
+            id: 1,
+            name: "a".into(),
+            term: 3,
+            leader_id: 1,
+            leader_name: "a".into(),
+            last_log_index: 12,
+            applied_index: 11,
+            members: vec![
+                member(1, "a", true, 12),
+                member(22, "bee", true, 9),
+                member(3, "c", false, 0),
+            ],
+        };
+        assert_eq!(
+            super::status_table(&status),
+            "node:     a (id 1)\nterm:     3\nleader:   a (id 1)\nlast log: 12\napplied:  11\n\n\
+             ID  NAME  RPC_ADDR        ROLE     MATCHED\n\
+             1   a     10.0.0.1:8400   leader   12\n\
+             22  bee   10.0.0.22:8400  voter    9\n\
+             3   c     10.0.0.3:8400   learner  0\n"
+        );
+        status.id = 22;
+        status.leader_id = 0;
+        let text = super::status_table(&status);
+        assert!(text.contains("leader:   none known\n"), "{text}");
+        assert!(
+            text.contains("bee   10.0.0.22:8400  voter    -\n"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn base64_matches_the_standard_alphabet_and_padding() {
         assert_eq!(super::base64(b""), "");

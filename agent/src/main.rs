@@ -55,6 +55,39 @@ enum Command {
         #[command(flatten)]
         conn: cli::ConnectArgs,
     },
+    /// Show this agent's Raft view: term, leader, indexes, members.
+    Status {
+        #[command(flatten)]
+        conn: cli::ConnectArgs,
+    },
+    /// Add a node as a voter (a learner until it has caught up).
+    AddVoter {
+        #[command(flatten)]
+        conn: cli::ConnectArgs,
+        /// The node's Raft id (the `node-id` file in its data dir).
+        #[arg(long)]
+        id: u64,
+        /// The node's name.
+        #[arg(long)]
+        name: String,
+        /// The RPC address the node advertises, host:port.
+        rpc_addr: String,
+    },
+    /// Remove a voter or learner from the cluster.
+    RemovePeer {
+        #[command(flatten)]
+        conn: cli::ConnectArgs,
+        /// The member's name or numeric id.
+        node: String,
+    },
+    /// Hand leadership to another node.
+    TransferLeader {
+        #[command(flatten)]
+        conn: cli::ConnectArgs,
+        /// The member's name or numeric id (default: the most caught-up
+        /// follower).
+        node: Option<String>,
+    },
     /// Write a development CA, server and client certificates.
     Certs {
         /// Output directory.
@@ -124,6 +157,17 @@ fn main() -> ExitCode {
             json,
         } => client(|| cli::consume(&conn, from, follow, json)),
         Command::Servers { conn } => client(|| cli::servers(&conn)),
+        Command::Status { conn } => client(|| cli::status(&conn)),
+        Command::AddVoter {
+            conn,
+            id,
+            name,
+            rpc_addr,
+        } => client(|| cli::add_voter(&conn, id, &name, &rpc_addr)),
+        Command::RemovePeer { conn, node } => client(|| cli::remove_peer(&conn, &node)),
+        Command::TransferLeader { conn, node } => {
+            client(|| cli::transfer_leader(&conn, node.as_deref()))
+        }
     }
 }
 

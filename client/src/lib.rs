@@ -1,11 +1,17 @@
 //! Client library for proglog.
 //!
-//! [`Client`] talks `log.v1.Log` to one agent over TCP (mutual TLS, or
+//! [`Client`] talks `log.v1.Log`, and the operator API
+//! `proglog.admin.v1.Admin`, to one agent over TCP (mutual TLS, or
 //! plaintext for `--dev` agents) or over the agent's Unix socket. The
 //! leader-aware resolver and picker build on it later.
 
 use std::path::{Path, PathBuf};
 
+use proglog_proto::admin::admin_client::AdminClient;
+use proglog_proto::admin::{
+    AddVoterRequest, ClusterStatusRequest, ClusterStatusResponse, RemoveServerRequest,
+    TransferLeadershipRequest, LEADER_ADDR_METADATA,
+};
 use proglog_proto::log_client::LogClient;
 use proglog_proto::{
     ConsumeRequest, GetServersRequest, ProduceBatchRequest, ProduceRequest, Record, Server,
@@ -94,6 +100,7 @@ pub enum Target {
 #[derive(Debug, Clone)]
 pub struct Client {
     rpc: LogClient<Channel>,
+    admin: AdminClient<Channel>,
 }
 
 impl Client {
@@ -133,6 +140,7 @@ impl Client {
             }
         };
         Ok(Client {
+            admin: AdminClient::new(channel.clone()),
             rpc: LogClient::new(channel)
                 .max_decoding_message_size(usize::MAX)
                 .max_encoding_message_size(usize::MAX),
@@ -142,6 +150,12 @@ impl Client {
     /// The generated gRPC client, for calls this type does not wrap.
     pub fn rpc(&mut self) -> &mut LogClient<Channel> {
         &mut self.rpc
+    }
+
+    /// The generated client of the admin service, for calls this type
+    /// does not wrap.
+    pub fn admin(&mut self) -> &mut AdminClient<Channel> {
+        &mut self.admin
     }
 
     /// Appends one record; returns its offset once it is durable.
@@ -203,4 +217,63 @@ impl Client {
             .into_inner()
             .servers)
     }
+
+    /// The agent's Raft view of the cluster (ACL action `admin`).
+    pub async fn cluster_status(&mut self) -> Result<ClusterStatusResponse> {
+        Ok(self
+            .admin
+            .cluster_status(ClusterStatusRequest {})
+            .await?
+            .into_inner())
+    }
+
+    /// Adds node `id` (named `name`, reachable at `rpc_addr`) as a voter,
+    /// through a learner that catches up first. Leader only: see
+    /// [`leader_addr`].
+    pub async fn add_voter(&mut self, id: u64, name: &str, rpc_addr: &str) -> Result<()> {
+        let req = AddVoterRequest {
+            id,
+            name: name.into(),
+            rpc_addr: rpc_addr.into(),
+        };
+        self.admin.add_voter(req).await?;
+        Ok(())
+    }
+
+    /// Removes the member `node` names (its name or numeric id). Leader
+    /// only: see [`leader_addr`].
+    pub async fn remove_server(&mut self, node: &str) -> Result<()> {
+        let req = RemoveServerRequest { node: node.into() };
+        self.admin.remove_server(req).await?;
+        Ok(())
+    }
+
+    /// Hands leadership to `node` (a name or numeric id), or with `None`
+    /// to the most caught-up follower; returns the id of the node asked
+    /// to take over. Leader only: see [`leader_addr`].
+    pub async fn transfer_leadership(&mut self, node: Option<&str>) -> Result<u64> {
+        let req = TransferLeadershipRequest {
+            node: node.unwrap_or_default().into(),
+        };
+        Ok(self
+            .admin
+            .transfer_leadership(req)
+            .await?
+            .into_inner()
+            .new_leader_id)
+    }
+}
+
+/// The leader's address named by a follower that refused a leader-only
+/// admin call (FAILED_PRECONDITION with `leader-addr` metadata): where to
+/// send the call again.
+pub fn leader_addr(error: &Error) -> Option<String> {
+    let Error::Status(status) = error else {
+        return None;
+    };
+    if status.code() != tonic::Code::FailedPrecondition {
+        return None;
+    }
+    let addr = status.metadata().get(LEADER_ADDR_METADATA)?.to_str().ok()?;
+    (!addr.is_empty()).then(|| addr.to_string())
 }

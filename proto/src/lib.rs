@@ -1,4 +1,6 @@
-//! Generated types and gRPC stubs for `log.v1.Log`.
+//! Generated types and gRPC stubs for `log.v1.Log`, for proglog's
+//! operator API, `proglog.admin.v1.Admin` (module [`admin`]), and for the
+//! peers' `raft.v1.Raft` (module [`raft`]).
 //!
 //! The book's messages and RPCs keep their names, numbers and types; the
 //! `ProduceBatch` RPC and the producer fields are proglog's extension, which
@@ -15,6 +17,20 @@ pub mod v1 {
 }
 
 pub use v1::*;
+
+/// Messages, client and server of package `proglog.admin.v1`: membership
+/// changes and the Raft view of the cluster, for operators. Its
+/// descriptors are in [`v1::FILE_DESCRIPTOR_SET`] too.
+pub mod admin {
+    tonic::include_proto!("proglog.admin.v1");
+
+    /// Response metadata key of a FAILED_PRECONDITION from a follower: the
+    /// leader's node name.
+    pub const LEADER_NAME_METADATA: &str = "leader-name";
+    /// Response metadata key of a FAILED_PRECONDITION from a follower: the
+    /// leader's advertised RPC address (`host:port`), where to retry.
+    pub const LEADER_ADDR_METADATA: &str = "leader-addr";
+}
 
 /// proglog's peer service `raft.v1.Raft` (Raft RPCs, forwarded appends,
 /// joins), spoken only between nodes on the shared port's Raft path.

@@ -14,6 +14,7 @@ mod loops;
 mod membership;
 mod network;
 mod propose;
+mod transfer;
 
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,7 @@
 //! Authentication (who: the client certificate's Common Name, or the
 //! configured subject of the Unix socket) and authorization (Casbin, the
-//! book's model: subject, object `*`, action `produce`|`consume`).
+//! book's model: subject, object `*`, action `produce`|`consume`, and
+//! ours, `admin`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,6 +19,9 @@ pub const OBJECT: &str = "*";
 pub const PRODUCE: &str = "produce";
 /// Action of the read RPCs.
 pub const CONSUME: &str = "consume";
+/// Action of the operator RPCs (`proglog.admin.v1.Admin`): membership
+/// changes, leadership transfer, cluster status.
+pub const ADMIN: &str = "admin";
 
 /// The ACL could not be loaded from its files.
 #[derive(Debug, thiserror::Error)]

@@ -1,10 +1,12 @@
-//! The `log.v1.Log` gRPC service over a [`CommitLog`].
+//! The `log.v1.Log` gRPC service over a [`CommitLog`], and the operator
+//! service `proglog.admin.v1.Admin` over the Raft node (`admin.rs`).
 //!
 //! The service sees storage only through [`CommitLog`] (the agent gives it
 //! the Raft node, `crate::raft::RaftNode`), so the service does not change
 //! as the cluster grows. Errors map to statuses in `status.rs`;
 //! authorization is in `auth.rs`.
 
+pub mod admin;
 pub mod auth;
 mod status;
 
@@ -24,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::log::LogError;
+pub use admin::AdminService;
 use auth::{Authorizer, CONSUME, PRODUCE};
 
 /// Replies a ProduceStream keeps in flight before it stops reading.
@@ -321,3 +324,5 @@ fn producer(id: String, sequence: u64) -> Producer {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_admin;

@@ -1,9 +1,13 @@
-//! The one place where WAL errors become gRPC statuses.
+//! The one place where WAL and membership errors become gRPC statuses.
 
+use proglog_proto::admin::{LEADER_ADDR_METADATA, LEADER_NAME_METADATA};
+use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::Status;
 
+use super::admin::AdminError;
 use super::CommitError;
 use crate::log::LogError;
+use crate::raft::node::MembershipError;
 
 impl From<CommitError> for Status {
     fn from(e: CommitError) -> Status {
@@ -26,6 +30,53 @@ impl From<LogError> for Status {
                 tracing::error!(error = %e, "storage failure");
                 Status::internal("storage failure")
             }
+        }
+    }
+}
+
+impl From<AdminError> for Status {
+    fn from(e: AdminError) -> Status {
+        match e {
+            AdminError::InvalidArgument(_) => Status::invalid_argument(e.to_string()),
+            AdminError::UnknownName(_) => Status::not_found(e.to_string()),
+            AdminError::NameTaken { .. } => Status::already_exists(e.to_string()),
+            AdminError::Membership(e) => e.into(),
+        }
+    }
+}
+
+/// Not the leader -> FAILED_PRECONDITION naming the leader in the message
+/// and in metadata (so a client can retry there), or UNAVAILABLE while no
+/// leader is known; not a member -> NOT_FOUND; Raft refused or failed ->
+/// UNAVAILABLE.
+impl From<MembershipError> for Status {
+    fn from(e: MembershipError) -> Status {
+        match &e {
+            MembershipError::NotLeader { leader: None } => {
+                Status::unavailable(format!("{e}, and no leader is known yet"))
+            }
+            MembershipError::NotLeader {
+                leader: Some((_, member)),
+            } => {
+                let mut metadata = MetadataMap::new();
+                // A name or address that is not valid metadata stays in
+                // the message only.
+                for (key, value) in [
+                    (LEADER_NAME_METADATA, &member.name),
+                    (LEADER_ADDR_METADATA, &member.rpc_addr),
+                ] {
+                    if let Ok(value) = MetadataValue::try_from(value.as_str()) {
+                        metadata.insert(key, value);
+                    }
+                }
+                Status::with_metadata(
+                    tonic::Code::FailedPrecondition,
+                    format!("{e}; send this call to the leader"),
+                    metadata,
+                )
+            }
+            MembershipError::UnknownNode(_) => Status::not_found(e.to_string()),
+            MembershipError::Raft(_) => Status::unavailable(e.to_string()),
         }
     }
 }

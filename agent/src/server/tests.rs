@@ -19,14 +19,14 @@ use crate::config::Config;
 use crate::log::fs::{Faults, FileSystem, RealFs, SimFs};
 
 /// One agent on 127.0.0.1:0 with fresh certs and an editable ACL.
-struct Node {
-    agent: Agent,
+pub(super) struct Node {
+    pub(super) agent: Agent,
     dir: tempfile::TempDir,
     config: Config,
 }
 
 impl Node {
-    async fn start(customize: impl FnOnce(&mut Config)) -> Node {
+    pub(super) async fn start(customize: impl FnOnce(&mut Config)) -> Node {
         Node::start_on(Arc::new(RealFs), customize).await
     }
 
@@ -89,7 +89,7 @@ impl Node {
         .unwrap()
     }
 
-    async fn client(&self, user: &str) -> Client {
+    pub(super) async fn client(&self, user: &str) -> Client {
         self.connect(Some(self.tls(user))).await.unwrap()
     }
 
@@ -102,7 +102,7 @@ impl Node {
     }
 }
 
-fn code<T: std::fmt::Debug>(r: Result<T, Error>) -> Code {
+pub(super) fn code<T: std::fmt::Debug>(r: Result<T, Error>) -> Code {
     match r {
         Err(Error::Status(s)) => s.code(),
         other => panic!("expected a status, got {other:?}"),
@@ -110,7 +110,7 @@ fn code<T: std::fmt::Debug>(r: Result<T, Error>) -> Code {
 }
 
 /// Polls `check` until it returns true or the deadline passes.
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+pub(super) async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !check().await {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");

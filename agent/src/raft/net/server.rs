@@ -12,7 +12,6 @@ use tracing::{info, warn};
 
 use super::client::PeerNetwork;
 use super::JOIN_TIMEOUT;
-use crate::raft::node::MembershipError;
 use crate::raft::{codec, Member, RaftNode};
 
 /// The peer service of one node.
@@ -37,16 +36,6 @@ fn reply<T: serde::Serialize>(result: &T) -> Result<Response<Payload>, Status> {
     Ok(Response::new(Payload {
         data: codec::encode_msg(result),
     }))
-}
-
-impl From<MembershipError> for Status {
-    fn from(e: MembershipError) -> Status {
-        match e {
-            MembershipError::NotLeader { .. } => Status::failed_precondition(e.to_string()),
-            MembershipError::UnknownNode(_) => Status::not_found(e.to_string()),
-            MembershipError::Raft(_) => Status::unavailable(e.to_string()),
-        }
-    }
 }
 
 #[tonic::async_trait]

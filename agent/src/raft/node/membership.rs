@@ -87,6 +87,13 @@ impl RaftNode {
         Ok(())
     }
 
+    /// openraft's metrics of this node (term, leader, log indexes,
+    /// membership, replication progress on the leader): a snapshot of the
+    /// latest values, for the admin API's cluster status.
+    pub fn raft_metrics(&self) -> openraft::RaftMetrics<u64, Member> {
+        self.raft.metrics().borrow().clone()
+    }
+
     /// The leader as this node knows it.
     pub fn leader(&self) -> Option<(u64, Member)> {
         let metrics = self.raft.metrics().borrow().clone();
