@@ -405,3 +405,41 @@ async fn peer_names_and_certificates_reload_without_a_restart() {
     assert!(raft_call_as(&cluster, 0, "server").await);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_node_stops_receiving_and_followers_point_admins_at_the_leader() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let follower = (0..3).find(|&i| i != leader).unwrap();
+    let removed = (0..3).find(|&i| i != leader && i != follower).unwrap();
+    let name = format!("node{removed}");
+    // A follower refuses and names the leader's address.
+    let refused = cluster
+        .client(follower, "root")
+        .await
+        .remove_server(&name)
+        .await;
+    assert_eq!(
+        proglog_client::leader_addr(refused.as_ref().unwrap_err()),
+        Some(cluster.agent(leader).rpc_addr().to_string())
+    );
+    let mut c = cluster.client(leader, "root").await;
+    assert_eq!(c.produce("before").await.unwrap(), 0);
+    cluster.wait_records(removed, &[b"before".to_vec()]).await;
+    c.remove_server(&name).await.unwrap();
+    for i in [leader, follower] {
+        cluster.wait_members(i, 2).await;
+    }
+    let status = c.cluster_status().await.unwrap();
+    assert!(status.members.iter().all(|m| m.name != name), "{status:?}");
+    // New records reach the remaining follower, never the removed node.
+    assert_eq!(c.produce("after").await.unwrap(), 1);
+    let both = [b"before".to_vec(), b"after".to_vec()];
+    cluster.wait_records(follower, &both).await;
+    let mut gone = cluster.client(removed, "root").await;
+    for _ in 0..10 {
+        assert_eq!(code(gone.consume(1).await), Code::OutOfRange);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.shutdown().await;
+}
