@@ -15,6 +15,7 @@
 //! node joins a cluster by asking any member ([`join_loop`]).
 
 pub mod client;
+pub mod delta;
 pub mod server;
 
 #[cfg(test)]
