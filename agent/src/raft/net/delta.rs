@@ -42,6 +42,25 @@
 //! does not produce (peers are authenticated, so differences are faults,
 //! not attacks; each store entry carries its own CRC32C as well).
 //!
+//! Purges and transfers: nothing a transfer in progress reads can be
+//! pulled away. The sender's pack opened every file of its snapshot when
+//! openraft asked for it and reads each only up to its frozen length; a
+//! newer snapshot replacing `current`, retention deleting segments and the
+//! data log rolling only unlink names, and no store file is rewritten
+//! below a frozen length (`raft::tests_storage`:
+//! `a_snapshot_in_transfer_survives_a_newer_snapshot_and_retention_removing_its_files`,
+//! `a_snapshot_read_while_the_data_log_rolls_and_retains_yields_its_frozen_bytes`).
+//! On the receiver, what it offered may go (retention, an install): the
+//! check above turns that into literal bytes. The Raft log purge is
+//! openraft's, and it does not count a snapshot in flight as a use of the
+//! log (0.9's `ProgressEntry::is_log_range_inflight` is false for a
+//! snapshot): a leader may build a newer snapshot and purge past the one
+//! being sent. That is safe (the follower installs the older snapshot,
+//! then is sent the newer one), and with delta chunks the second transfer
+//! carries only what the first did not, since the follower's data log now
+//! holds the first snapshot's files; so transfers converge whenever the
+//! link is faster than the write rate.
+//!
 //! Flow control and memory: chunks are sent one at a time (openraft awaits
 //! each reply) over HTTP/2, which flow-controls each message; the sender
 //! reads its pack lazily per chunk and the receiver writes each rebuilt
