@@ -81,6 +81,8 @@ pub struct Agent {
     auth: Arc<Authorizer>,
     tls: Option<Arc<ArcSwap<ServerConfig>>>,
     peer_tls: Option<Arc<ArcSwap<PeerTls>>>,
+    /// The Raft network (none in dev mode).
+    network: Option<PeerNetwork>,
     max_record_bytes: Arc<AtomicU64>,
     rpc_addr: SocketAddr,
     cancel: CancellationToken,
@@ -213,6 +215,7 @@ impl Agent {
             auth,
             tls,
             peer_tls,
+            network,
             max_record_bytes,
             rpc_addr,
             cancel,
@@ -284,6 +287,17 @@ impl Agent {
     /// The bound gRPC address (useful with port 0).
     pub fn rpc_addr(&self) -> SocketAddr {
         self.rpc_addr
+    }
+
+    /// The Raft node (tests read its metrics and state machine).
+    #[cfg(test)]
+    pub(crate) fn node(&self) -> &RaftNode {
+        &self.node
+    }
+
+    /// The Raft network (none in dev mode), for what it measured.
+    pub fn peer_network(&self) -> Option<&PeerNetwork> {
+        self.network.as_ref()
     }
 
     /// The current configuration.

@@ -22,7 +22,9 @@
 //! Snapshots ([`snapshot`]) are hard links to the data log's store files
 //! with their lengths frozen at build time; openraft's `SnapshotData`
 //! ([`transfer`]) streams them lazily up to those lengths, so serving a
-//! snapshot (openraft asks for it at every start) copies nothing.
+//! snapshot (openraft asks for it at every start) copies nothing. Sent to
+//! a lagging follower, a snapshot's bytes that the follower's own store
+//! files already hold travel as references ([`net::delta`]).
 
 // openraft's trait methods return its `StorageError` (over 200 bytes); our
 // helpers return it too rather than boxing and unboxing at every call.

@@ -309,6 +309,12 @@ impl RaftNode {
         &self.raft
     }
 
+    /// The state machine, for the peer service (a snapshot chunk reads the
+    /// data log's store files).
+    pub(crate) fn state_machine(&self) -> &StateMachine {
+        &self.sm
+    }
+
     /// How long a produce may take (a forwarded one too).
     pub fn produce_timeout(&self) -> Duration {
         self.produce_timeout

@@ -86,13 +86,14 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// Whether `name` is a plain store file name, `{20 digits}.store` (never a
 /// path: a peer must not write outside the snapshot directory).
-fn is_store_name(name: &str) -> bool {
+pub(crate) fn is_store_name(name: &str) -> bool {
     name.len() == 26
         && name.as_bytes()[..20].iter().all(u8::is_ascii_digit)
         && name.ends_with(".store")
 }
 
-fn store_name(base: u64) -> String {
+/// The name of the store file of the segment starting at `base`.
+pub(crate) fn store_name(base: u64) -> String {
     format!("{base:020}.store")
 }
 

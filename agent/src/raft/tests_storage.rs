@@ -649,3 +649,61 @@ async fn open_restores_the_data_log_after_a_crash_inside_an_install() {
         assert!(!sm_dir.join(leftover).exists(), "{leftover} removed");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_in_transfer_survives_a_newer_snapshot_and_retention_removing_its_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut leader = leader_with_snapshot(dir.path(), 50).await;
+    let served = leader.get_current_snapshot().await.unwrap().unwrap();
+    let mut lazy = served.snapshot;
+    // The transfer has begun: part of the pack is read.
+    use tokio::io::AsyncReadExt;
+    let mut streamed = vec![0u8; 100];
+    lazy.read_exact(&mut streamed).await.unwrap();
+    // Meanwhile the node applies more, retention drops every record of
+    // the old snapshot, and a newer snapshot replaces it (its directory,
+    // and with it the old links, is removed).
+    for b in 0..20u64 {
+        let from = 50 + b * 5;
+        leader
+            .apply(vec![entry(2 + b, append(values(from, from + 5)))])
+            .await
+            .unwrap();
+    }
+    leader
+        .apply(vec![entry(
+            22,
+            EntryPayload::Normal(Request::Retain { lowest: 140 }),
+        )])
+        .await
+        .unwrap();
+    leader
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let newer = leader.get_current_snapshot().await.unwrap().unwrap();
+    assert_ne!(newer.meta.snapshot_id, served.meta.snapshot_id);
+    assert!(
+        leader.data().segments()[0].base >= 50,
+        "every segment of the old snapshot was deleted"
+    );
+    // The transfer in progress still yields the old snapshot whole, and
+    // it installs to exactly its records.
+    lazy.read_to_end(&mut streamed).await.unwrap();
+    let follower_dir = tempfile::tempdir().unwrap();
+    let mut follower = StateMachine::open(follower_dir.path(), tiny()).unwrap();
+    let mut receiving = follower.begin_receiving_snapshot().await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut *receiving, &streamed)
+        .await
+        .unwrap();
+    follower
+        .install_snapshot(&served.meta, receiving)
+        .await
+        .unwrap();
+    assert_eq!(follower.next_offset(), 50);
+    for o in 0..50 {
+        assert_eq!(follower.read(o).unwrap(), value(o));
+    }
+}

@@ -8,7 +8,7 @@
 //! each read only up to the length frozen when the snapshot was built, so
 //! serving a snapshot copies nothing and is unaffected by the data log
 //! appending to, rolling or sealing those files meanwhile. The receiving
-//! side writes the stream into a file; [`super::snapshot::SnapshotDir::install`]
+//! side writes the stream into a file; [`super::snapshot::SnapshotDir::receive`]
 //! checks it against these rules (names, lengths, order, bounds) as it
 //! unpacks.
 

@@ -1,7 +1,10 @@
 //! The dialing side: [`PeerNetwork`], openraft's network factory and the
 //! node's [`Forward`], over one HTTP/2 connection per peer address.
+//! Snapshot chunks go out as delta chunks ([`super::delta`]) to peers that
+//! serve them.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,7 +18,10 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use proglog_proto::raft::raft_client::RaftClient;
-use proglog_proto::raft::{CampaignRequest, ForwardRequest, JoinRequest, JoinResponse, Payload};
+use proglog_proto::raft::{
+    snapshot_chunk_reply, CampaignRequest, ForwardRequest, JoinRequest, JoinResponse, Payload,
+    SnapshotChunk, SnapshotInventoryRequest,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
@@ -24,6 +30,7 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Code, Status};
 
+use super::delta::{self, Layout};
 use super::{MAX_MESSAGE_BYTES, RAFT_RPC};
 use crate::raft::codec;
 use crate::raft::node::{Forward, Forwarded};
@@ -51,6 +58,39 @@ struct Inner {
     tls: Arc<ArcSwap<PeerTls>>,
     /// One channel per peer address.
     channels: Mutex<HashMap<String, RaftClient<Channel>>>,
+    /// What snapshot chunks sent so far carried.
+    snapshots: Arc<SendCounters>,
+}
+
+/// How the snapshot chunks a node sent traveled, summed over peers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SnapshotSendStats {
+    /// Chunks openraft handed to the network.
+    pub chunks: u64,
+    /// Bytes of those chunks (pack bytes, retries counted once).
+    pub pack_bytes: u64,
+    /// Bytes that traveled as they are (every attempt counted).
+    pub literal_bytes: u64,
+    /// Bytes that traveled as references to the receiver's own files.
+    pub referenced_bytes: u64,
+    /// Chunks sent again because the receiver found a referenced file
+    /// stale.
+    pub stale: u64,
+}
+
+#[derive(Debug, Default)]
+struct SendCounters {
+    chunks: AtomicU64,
+    pack_bytes: AtomicU64,
+    literal_bytes: AtomicU64,
+    referenced_bytes: AtomicU64,
+    stale: AtomicU64,
+}
+
+impl SendCounters {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
 }
 
 impl PeerNetwork {
@@ -60,7 +100,22 @@ impl PeerNetwork {
             inner: Arc::new(Inner {
                 tls,
                 channels: Mutex::default(),
+                snapshots: Arc::default(),
             }),
+        }
+    }
+
+    /// How the snapshot chunks sent so far traveled (for tests and
+    /// operators: literal against referenced bytes).
+    pub fn snapshot_stats(&self) -> SnapshotSendStats {
+        let c = &self.inner.snapshots;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        SnapshotSendStats {
+            chunks: get(&c.chunks),
+            pack_bytes: get(&c.pack_bytes),
+            literal_bytes: get(&c.literal_bytes),
+            referenced_bytes: get(&c.referenced_bytes),
+            stale: get(&c.stale),
         }
     }
 
@@ -154,6 +209,8 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
         PeerClient {
             target,
             client: self.client(&node.rpc_addr),
+            counters: Arc::clone(&self.inner.snapshots),
+            session: None,
         }
     }
 }
@@ -206,6 +263,48 @@ pub struct PeerClient {
     target: u64,
     /// The peer's client, or why its address is unusable.
     client: Result<RaftClient<Channel>, Status>,
+    counters: Arc<SendCounters>,
+    /// The snapshot being sent to the peer, if any.
+    session: Option<Session>,
+}
+
+/// The sending state of one snapshot to one peer.
+struct Session {
+    snapshot_id: String,
+    /// The pack's leading bytes, kept until its layout is known.
+    prefix: Vec<u8>,
+    /// The pack's layout, once known; `None` for good if the prefix was
+    /// not a pack (then every chunk is literal).
+    layout: Option<Layout>,
+    /// Whether the prefix can still yield a layout.
+    parsing: bool,
+    /// Bytes of each store file the peer offered (`[0, n)` may be
+    /// referenced); files found stale are dropped.
+    have: HashMap<String, u64>,
+    /// The peer lacks the delta RPCs: plain chunks.
+    plain: bool,
+}
+
+impl Session {
+    /// Feeds the chunk at `offset` to the layout parser.
+    fn learn(&mut self, offset: u64, data: &[u8]) {
+        if !self.parsing || self.layout.is_some() || offset != self.prefix.len() as u64 {
+            return;
+        }
+        self.prefix.extend_from_slice(data);
+        match Layout::parse(&self.prefix) {
+            Ok(Some(layout)) => {
+                self.layout = Some(layout);
+                self.parsing = false;
+                self.prefix = Vec::new();
+            }
+            Ok(None) if self.prefix.len() <= Layout::max_prefix() => {}
+            Ok(None) | Err(_) => {
+                self.parsing = false;
+                self.prefix = Vec::new();
+            }
+        }
+    }
 }
 
 type RpcResult<T, E> = Result<T, RPCError<u64, Member, RaftError<u64, E>>>;
@@ -251,9 +350,147 @@ impl PeerClient {
             Ok(Err(s)) => return Err(RPCError::Unreachable(Unreachable::new(&s))),
             Ok(Ok(reply)) => reply.into_inner(),
         };
+        self.decode(&reply.data)
+    }
+
+    /// Decodes a remote result: openraft's own errors come back as remote
+    /// errors.
+    fn decode<Resp, E>(&self, data: &[u8]) -> RpcResult<Resp, E>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let result: Result<Resp, RaftError<u64, E>> =
-            codec::decode_msg(&reply.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            codec::decode_msg(data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    /// Sends one snapshot chunk, as a delta chunk unless the peer lacks
+    /// the RPCs (see [`super::delta`]). A new snapshot (or offset 0)
+    /// starts a session: the peer's inventory is asked first.
+    async fn send_chunk(
+        &mut self,
+        mut rpc: InstallSnapshotRequest<TypeConfig>,
+        option: &RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<u64>, InstallSnapshotError> {
+        let ttl = option.hard_ttl();
+        let deadline = Instant::now() + ttl;
+        let timeout = |target| {
+            RPCError::Timeout(Timeout {
+                action: RPCTypes::InstallSnapshot,
+                id: 0,
+                target,
+                timeout: ttl,
+            })
+        };
+        let transport = |target, s: Status| {
+            if s.code() == Code::DeadlineExceeded {
+                timeout(target)
+            } else {
+                RPCError::Unreachable(Unreachable::new(&s))
+            }
+        };
+        let mut client = self
+            .client
+            .clone()
+            .map_err(|s| RPCError::Unreachable(Unreachable::new(&s)))?;
+        let new_session = rpc.offset == 0
+            || self
+                .session
+                .as_ref()
+                .is_none_or(|s| s.snapshot_id != rpc.meta.snapshot_id);
+        if new_session {
+            let mut request = tonic::Request::new(SnapshotInventoryRequest {});
+            request.set_timeout(ttl);
+            let inventory =
+                tokio::time::timeout_at(deadline, client.snapshot_inventory(request)).await;
+            let (have, plain) = match inventory {
+                Err(_) => return Err(timeout(self.target)),
+                Ok(Ok(answer)) => (
+                    answer
+                        .into_inner()
+                        .files
+                        .into_iter()
+                        .map(|f| (f.name, f.len))
+                        .collect(),
+                    false,
+                ),
+                Ok(Err(s)) if s.code() == Code::Unimplemented => (HashMap::new(), true),
+                Ok(Err(s)) => return Err(transport(self.target, s)),
+            };
+            self.session = Some(Session {
+                snapshot_id: rpc.meta.snapshot_id.clone(),
+                prefix: Vec::new(),
+                layout: None,
+                // A session joined past offset 0 (a new client) never
+                // learns the layout: its chunks go literal.
+                parsing: rpc.offset == 0,
+                have,
+                plain,
+            });
+        }
+        let session = self.session.as_mut().expect("set above");
+        session.learn(rpc.offset, &rpc.data);
+        let counters = Arc::clone(&self.counters);
+        SendCounters::add(&counters.chunks, 1);
+        SendCounters::add(&counters.pack_bytes, rpc.data.len() as u64);
+        if session.plain {
+            SendCounters::add(&counters.literal_bytes, rpc.data.len() as u64);
+            return self
+                .call(
+                    RPCTypes::InstallSnapshot,
+                    &rpc,
+                    option,
+                    |mut c, r| async move { c.install_snapshot(r).await },
+                )
+                .await;
+        }
+        let data = std::mem::take(&mut rpc.data);
+        let request = codec::encode_msg(&rpc);
+        let no_layout = Layout::default();
+        loop {
+            let session = self.session.as_mut().expect("set above");
+            let layout = session.layout.as_ref().unwrap_or(&no_layout);
+            let encoded = delta::encode(layout, &session.have, rpc.offset, &data);
+            SendCounters::add(&counters.literal_bytes, encoded.literal);
+            let mut message = tonic::Request::new(SnapshotChunk {
+                request: request.clone(),
+                parts: encoded.parts,
+            });
+            message.set_timeout(deadline.saturating_duration_since(Instant::now()));
+            let reply =
+                tokio::time::timeout_at(deadline, client.install_snapshot_chunk(message)).await;
+            let reply = match reply {
+                Err(_) => return Err(timeout(self.target)),
+                Ok(Err(s)) => return Err(transport(self.target, s)),
+                Ok(Ok(reply)) => reply.into_inner(),
+            };
+            match reply.result {
+                Some(snapshot_chunk_reply::Result::Reply(data)) => {
+                    SendCounters::add(&counters.referenced_bytes, encoded.referenced);
+                    return self.decode(&data);
+                }
+                Some(snapshot_chunk_reply::Result::StaleFile(name)) => {
+                    SendCounters::add(&counters.stale, 1);
+                    tracing::info!(target = self.target, file = %name, "peer's store file is stale; sending its bytes");
+                    // Dropping a file the chunk did not use would loop:
+                    // then nothing is referenced any more.
+                    if session.have.remove(&name).is_none() || encoded.referenced == 0 {
+                        session.have.clear();
+                    }
+                    if encoded.referenced == 0 {
+                        return Err(RPCError::Network(NetworkError::new(
+                            &std::io::Error::other("peer found a literal chunk stale"),
+                        )));
+                    }
+                }
+                None => {
+                    return Err(RPCError::Network(NetworkError::new(
+                        &std::io::Error::other("peer sent an empty snapshot chunk reply"),
+                    )))
+                }
+            }
+        }
     }
 }
 
@@ -277,13 +514,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<u64>, InstallSnapshotError> {
-        self.call(
-            RPCTypes::InstallSnapshot,
-            &rpc,
-            &option,
-            |mut c, r| async move { c.install_snapshot(r).await },
-        )
-        .await
+        self.send_chunk(rpc, &option).await
     }
 
     async fn vote(

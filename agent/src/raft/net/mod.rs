@@ -12,9 +12,12 @@
 //!
 //! [`client::PeerNetwork`] dials (openraft's network factory, and the
 //! node's forwarding to the leader); [`server::RaftService`] answers. A
-//! node joins a cluster by asking any member ([`join_loop`]).
+//! node joins a cluster by asking any member ([`join_loop`]). Snapshot
+//! chunks travel as [`delta`] chunks: the bytes of store files the
+//! receiver already holds are sent as references to them.
 
 pub mod client;
+pub mod delta;
 pub mod server;
 
 #[cfg(test)]

@@ -1,17 +1,22 @@
 //! The accepting side: the `raft.v1.Raft` service, served on admitted peer
-//! connections only (see `crate::transport::RaftRoute`).
+//! connections only (see `crate::transport::RaftRoute`). Delta snapshot
+//! chunks ([`super::delta`]) are rebuilt here, on a blocking thread, from
+//! this node's data log files, and installed as openraft's ordinary chunks.
 
 use proglog_proto::raft::raft_server::Raft as RaftRpc;
 use proglog_proto::raft::{
-    CampaignRequest, CampaignResponse, ForwardRequest, ForwardResponse, JoinRequest, JoinResponse,
-    Payload,
+    snapshot_chunk_reply, CampaignRequest, CampaignResponse, ForwardRequest, ForwardResponse,
+    JoinRequest, JoinResponse, Payload, SnapshotChunk, SnapshotChunkReply,
+    SnapshotInventoryRequest, SnapshotInventoryResponse, StoreFile,
 };
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use super::client::PeerNetwork;
-use super::JOIN_TIMEOUT;
+use super::delta::{self, DeltaError, StoreFiles};
+use super::{JOIN_TIMEOUT, MAX_MESSAGE_BYTES};
+use crate::raft::snapshot::store_name;
 use crate::raft::{codec, Member, RaftNode};
 
 /// The peer service of one node.
@@ -32,6 +37,10 @@ fn decode<T: serde::de::DeserializeOwned>(req: Request<Payload>) -> Result<T, St
         .map_err(|e| Status::invalid_argument(format!("raft message: {e}")))
 }
 
+fn join_error(e: tokio::task::JoinError) -> Status {
+    Status::internal(format!("blocking task failed: {e}"))
+}
+
 fn reply<T: serde::Serialize>(result: &T) -> Result<Response<Payload>, Status> {
     Ok(Response::new(Payload {
         data: codec::encode_msg(result),
@@ -50,6 +59,69 @@ impl RaftRpc for RaftService {
 
     async fn install_snapshot(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
         reply(&self.node.raft().install_snapshot(decode(req)?).await)
+    }
+
+    /// This node's data-log store files and the record bytes each holds
+    /// now: what a snapshot sender may reference. A hint only; every
+    /// reference is checked when its chunk is rebuilt.
+    async fn snapshot_inventory(
+        &self,
+        _req: Request<SnapshotInventoryRequest>,
+    ) -> Result<Response<SnapshotInventoryResponse>, Status> {
+        let sm = self.node.state_machine().clone();
+        // The segment list is behind the data log's lock, which an apply
+        // may hold across its disk write.
+        let segments = tokio::task::spawn_blocking(move || sm.data().segments())
+            .await
+            .map_err(join_error)?;
+        let files = segments
+            .into_iter()
+            .map(|s| StoreFile {
+                name: store_name(s.base),
+                len: s.bytes,
+            })
+            .collect();
+        Ok(Response::new(SnapshotInventoryResponse { files }))
+    }
+
+    /// A snapshot chunk whose bytes are partly references into this
+    /// node's store files: rebuilt (and each reference checked) on a
+    /// blocking thread, then installed as openraft's ordinary chunk. A
+    /// reference that does not hold answers `stale_file` and installs
+    /// nothing.
+    async fn install_snapshot_chunk(
+        &self,
+        req: Request<SnapshotChunk>,
+    ) -> Result<Response<SnapshotChunkReply>, Status> {
+        let SnapshotChunk { request, parts } = req.into_inner();
+        let mut rpc: openraft::raft::InstallSnapshotRequest<crate::raft::TypeConfig> =
+            codec::decode_msg(&request)
+                .map_err(|e| Status::invalid_argument(format!("raft message: {e}")))?;
+        let dir = self.node.state_machine().data().dir().to_path_buf();
+        let rebuilt = tokio::task::spawn_blocking(move || {
+            let mut files = StoreFiles::new(dir);
+            delta::assemble(&parts, MAX_MESSAGE_BYTES as u64, |name, offset, buf| {
+                files.read(name, offset, buf)
+            })
+        })
+        .await
+        .map_err(join_error)?;
+        let result = match rebuilt {
+            Ok(data) => {
+                rpc.data = data;
+                snapshot_chunk_reply::Result::Reply(codec::encode_msg(
+                    &self.node.raft().install_snapshot(rpc).await,
+                ))
+            }
+            Err(DeltaError::Stale(name)) => {
+                info!(file = %name, "a referenced store file is stale; asking for its bytes");
+                snapshot_chunk_reply::Result::StaleFile(name)
+            }
+            Err(e) => return Err(Status::invalid_argument(e.to_string())),
+        };
+        Ok(Response::new(SnapshotChunkReply {
+            result: Some(result),
+        }))
     }
 
     /// A follower's client append: this node must lead (it never forwards

@@ -25,6 +25,11 @@ impl Cluster {
     /// Starts node 0 with `bootstrap`, then `n - 1` nodes joining it, and
     /// waits until every node sees every member.
     async fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, |c| c).await
+    }
+
+    /// [`Cluster::start`] with each node's config passed through `tweak`.
+    async fn start_with(n: usize, tweak: impl Fn(Config) -> Config) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let certs = dir.path().join("certs");
         crate::certs::generate(&certs, &["127.0.0.1".into(), "localhost".into()]).unwrap();
@@ -45,7 +50,8 @@ impl Cluster {
         };
         for i in 0..n {
             let seed = cluster.agents.first().and_then(|a| a.as_ref());
-            let config = cluster.config(i, seed.map(|a| a.rpc_addr().to_string()));
+            let config = tweak(cluster.config(i, seed.map(|a| a.rpc_addr().to_string())));
+            config.validate().unwrap();
             let agent = Agent::start(config.clone(), None).await.unwrap();
             // Restarts keep the port: membership records the address.
             let config = Config {
@@ -441,5 +447,129 @@ async fn a_removed_node_stops_receiving_and_followers_point_admins_at_the_leader
         assert_eq!(code(gone.consume(1).await), Code::OutOfRange);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    cluster.shutdown().await;
+}
+
+/// Every record of node `i`'s state machine from offset 0, read on a
+/// blocking thread.
+async fn records_of(cluster: &Cluster, i: usize) -> Vec<Vec<u8>> {
+    let sm = cluster.agent(i).node().state_machine().clone();
+    tokio::task::spawn_blocking(move || {
+        (sm.lowest_offset()..sm.next_offset())
+            .map(|o| sm.read(o).unwrap())
+            .collect()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_the_purge_is_caught_up_by_a_snapshot_of_only_what_it_lacks() {
+    // Snapshots often, so that the follower keeps its sealed segments
+    // across its restart (it replays only what follows its snapshot).
+    let mut cluster = Cluster::start_with(3, |c| Config {
+        snapshot_threshold: 50,
+        segment_max_store_bytes: 64 << 10,
+        ..c
+    })
+    .await;
+    let leader = cluster.leader().await;
+    let follower = (0..3).find(|&i| i != leader).unwrap();
+    let mut c = cluster.client(leader, "root").await;
+    // About 2 MB in ~32 sealed segments, which the follower receives.
+    let mut values = Vec::new();
+    for b in 0..100 {
+        let batch: Vec<Vec<u8>> = (0..20)
+            .map(|j| format!("batch {b} record {j} ").repeat(50).into_bytes())
+            .collect();
+        assert_eq!(
+            c.produce_batch(batch.clone()).await.unwrap(),
+            values.len() as u64
+        );
+        values.extend(batch);
+    }
+    let mut fc = cluster.client(follower, "root").await;
+    let last = values.len() as u64 - 1;
+    eventually("the follower to hold the first records", async || {
+        fc.consume(last).await.is_ok()
+    })
+    .await;
+    let stopped_at = cluster
+        .agent(follower)
+        .node()
+        .raft_metrics()
+        .last_log_index
+        .unwrap();
+    cluster.agents[follower]
+        .take()
+        .unwrap()
+        .shutdown()
+        .await
+        .unwrap();
+    // Small records, one entry each, until the leader has purged its Raft
+    // log past what the follower holds: only a snapshot can catch it up.
+    let purged_past = |cluster: &Cluster| {
+        let metrics = cluster.agent(leader).node().raft_metrics();
+        metrics.purged.is_some_and(|p| p.index > stopped_at)
+    };
+    let mut more = 0;
+    while !purged_past(&cluster) {
+        assert!(more < 5000, "the leader never purged past {stopped_at}");
+        let value = format!("after {more}").into_bytes();
+        assert_eq!(c.produce(value.clone()).await.unwrap(), values.len() as u64);
+        values.push(value);
+        more += 1;
+    }
+    // One of the follower's sealed segments is damaged on disk: it is
+    // offered, but its bytes no longer match, so the leader must send
+    // that file's bytes as they are.
+    let data_dir = cluster.configs[follower].data_dir.join("sm/data");
+    let mut stores: Vec<_> = std::fs::read_dir(&data_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "store"))
+        .collect();
+    stores.sort();
+    assert!(stores.len() > 10, "many segments: {stores:?}");
+    let damaged = &stores[stores.len() / 2];
+    let mut bytes = std::fs::read(damaged).unwrap();
+    // Inside its first record's payload (files are preallocated: their
+    // tails are zeros past the records).
+    bytes[100] ^= 0xff;
+    std::fs::write(damaged, bytes).unwrap();
+
+    let network = cluster.agent(leader).peer_network().unwrap().clone();
+    let before = network.snapshot_stats();
+    assert_eq!(before.chunks, 0, "no snapshot was sent yet: {before:?}");
+
+    let agent = Agent::start(cluster.configs[follower].clone(), None)
+        .await
+        .unwrap();
+    cluster.agents[follower] = Some(agent);
+    let mut fc = cluster.client(follower, "root").await;
+    let last = values.len() as u64 - 1;
+    eventually("the restarted follower to catch up", async || {
+        fc.consume(last).await.is_ok()
+    })
+    .await;
+    let installed = cluster.agent(follower).node().raft_metrics().snapshot;
+    assert!(
+        installed.is_some_and(|s| s.index > stopped_at),
+        "caught up through a snapshot: {installed:?}"
+    );
+    assert_eq!(records_of(&cluster, follower).await, values);
+    assert_eq!(records_of(&cluster, leader).await, values);
+
+    let stats = network.snapshot_stats();
+    eprintln!("snapshot sent to the lagging follower: {stats:?}");
+    assert!(stats.chunks > 0 && stats.referenced_bytes > 0, "{stats:?}");
+    assert!(
+        stats.stale > 0,
+        "the damaged file was found stale: {stats:?}"
+    );
+    assert!(
+        stats.literal_bytes < stats.pack_bytes / 2,
+        "most of the pack traveled as references: {stats:?}"
+    );
     cluster.shutdown().await;
 }
