@@ -16,6 +16,8 @@ mod network;
 mod propose;
 
 #[cfg(test)]
+mod router;
+#[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
