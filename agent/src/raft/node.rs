@@ -19,6 +19,8 @@ mod propose;
 mod router;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_pipeline;
 
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher};
@@ -124,6 +126,9 @@ pub struct RaftNode {
     stop: CancellationToken,
     /// Serialises membership changes (one at a time).
     membership_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The propose loop submits under it shared; a leadership transfer
+    /// holds it exclusively, so no entry is proposed meanwhile.
+    propose_gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 /// Entries per AppendEntries RPC (openraft's `max_payload_entries`, which
@@ -196,7 +201,14 @@ impl RaftNode {
         }
         let stop = CancellationToken::new();
         let (proposals, queue) = mpsc::channel(PROPOSAL_QUEUE);
-        tokio::spawn(propose_loop(raft.clone(), id, queue, stop.clone()));
+        let propose_gate = Arc::new(tokio::sync::RwLock::new(()));
+        tokio::spawn(propose_loop(
+            raft.clone(),
+            id,
+            queue,
+            Arc::clone(&propose_gate),
+            stop.clone(),
+        ));
         let (failed, failure) = watch::channel(None);
         tokio::spawn(watch_failure(
             raft.clone(),
@@ -243,6 +255,7 @@ impl RaftNode {
             failure,
             stop,
             membership_lock: Arc::default(),
+            propose_gate,
         })
     }
 

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use super::super::{Member, Request, Response, TypeConfig};
 use super::{Forward, Forwarded, NodeSettings, RaftNode};
 use crate::log::LogConfig;
-use crate::server::CommitError;
+use crate::server::{CommitError, CommitLog};
 
 /// The router's shared state: the running nodes and the cut links.
 #[derive(Default)]
@@ -382,4 +382,26 @@ async fn three_nodes_form_a_cluster_and_a_cut_off_node_loses_its_links() {
     cluster.router.heal(2);
     assert!(cluster.router.endpoint(1).reach(2).is_ok());
     cluster.shutdown().await;
+}
+
+/// Waits until `node` has applied records up to `next` (its watermark).
+pub(super) async fn wait_applied(node: &RaftNode, next: u64) {
+    let mut watermark = node.subscribe();
+    tokio::time::timeout(WAIT, watermark.wait_for(|w| *w >= next))
+        .await
+        .unwrap_or_else(|_| panic!("node {} did not apply up to {next}", node.id()))
+        .unwrap();
+}
+
+/// Reads records `from..to` from `node`, in as many reads as it takes.
+pub(super) async fn read_range(node: &RaftNode, from: u64, to: u64) -> Vec<Vec<u8>> {
+    let mut records = Vec::new();
+    while from + (records.len() as u64) < to {
+        let at = from + records.len() as u64;
+        let got = node.read(at, (to - at) as usize).await.unwrap();
+        assert!(!got.is_empty(), "an empty read at {at}");
+        records.extend(got);
+    }
+    records.truncate((to - from) as usize);
+    records
 }
