@@ -8,17 +8,21 @@
 //! good), the leader's producer-bound and retention proposals, and the
 //! snapshot-by-bytes trigger. They live in `propose.rs` and `loops.rs`;
 //! `network.rs` has the [`Forward`] half of a node's network and the
-//! placeholder network of a node without peers.
+//! placeholder network of a node without peers; `transfer.rs` hands
+//! leadership to another voter, `membership.rs` changes the members.
 
 mod loops;
 mod membership;
 mod network;
 mod propose;
+mod transfer;
 
 #[cfg(test)]
 mod router;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_cluster;
 #[cfg(test)]
 mod tests_pipeline;
 
@@ -42,7 +46,7 @@ use super::{LogStore, Member, Request, Response, StateMachine, TypeConfig};
 use crate::log::{LogConfig, LogError};
 use loops::*;
 pub use membership::MembershipError;
-pub use network::{Forward, Forwarded, NoNetwork};
+pub use network::{Campaigned, Forward, Forwarded, NoNetwork};
 use propose::*;
 
 use crate::server::{

@@ -21,6 +21,17 @@ pub enum MembershipError {
     /// The node is not a member.
     #[error("node {0} is not a member")]
     UnknownNode(u64),
+    /// The node is a member but not a voter (a learner cannot lead).
+    #[error("node {0} is not a voter")]
+    NotVoter(u64),
+    /// A leadership transfer found no other voter to hand over to.
+    #[error("no other voter to hand leadership to")]
+    NoOtherVoter,
+    /// A leadership transfer did not complete in time: `0` says which
+    /// step. Leadership may have moved anyway or stayed; the leader known
+    /// afterwards says which.
+    #[error("leadership transfer timed out: {0}")]
+    Timeout(String),
     /// openraft refused or failed the change.
     #[error("membership change failed: {0}")]
     Raft(String),
@@ -95,7 +106,7 @@ impl RaftNode {
         Some((leader, member.clone()))
     }
 
-    fn check_leader(&self) -> Result<(), MembershipError> {
+    pub(super) fn check_leader(&self) -> Result<(), MembershipError> {
         match self.leader() {
             Some((id, _)) if id == self.id => Ok(()),
             leader => Err(MembershipError::NotLeader { leader }),

@@ -1,5 +1,5 @@
 //! An in-process network for node tests: every node's Raft RPCs, forwarded
-//! appends are calls on the target [`RaftNode`] in
+//! appends and campaign requests are calls on the target [`RaftNode`] in
 //! the same process, through a shared table. Links can be cut
 //! ([`Router::isolate`]) to partition a cluster. [`Cluster`] starts N
 //! nodes in temporary directories on one router and forms a cluster.
@@ -19,7 +19,7 @@ use openraft::ServerState;
 use tokio::time::Instant;
 
 use super::super::{Member, Request, Response, TypeConfig};
-use super::{Forward, Forwarded, NodeSettings, RaftNode};
+use super::{Campaigned, Forward, Forwarded, NodeSettings, RaftNode};
 use crate::log::LogConfig;
 use crate::server::{CommitError, CommitLog};
 
@@ -171,6 +171,15 @@ impl Forward for Router {
                 }
                 Err(e) => Err(e),
             }
+        })
+    }
+
+    /// Calls the target's [`RaftNode::campaign`].
+    fn campaign(&self, target: u64, _: &Member, _: Instant) -> Campaigned {
+        let reached = self.reach(target);
+        Box::pin(async move {
+            let node = reached.map_err(|e| CommitError::Unavailable(e.to_string()))?;
+            node.campaign().await
         })
     }
 }
