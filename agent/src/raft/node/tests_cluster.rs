@@ -131,3 +131,57 @@ async fn a_single_voter_has_no_one_to_transfer_to() {
     ));
     cluster.shutdown().await;
 }
+
+#[tokio::test]
+async fn status_shows_the_term_leader_positions_and_members() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let mut cluster = Cluster::start(3, |s| s).await;
+        cluster.prepare(4);
+        cluster.start_node(4).await;
+        let leader = cluster.nodes[&1].clone();
+        leader
+            .raft
+            .add_learner(4, cluster.settings[&4].member.clone(), true)
+            .await
+            .unwrap();
+        produce_n(&leader, "a", 0, 5).await;
+        let last = leader.raft.metrics().borrow().last_log_index;
+        // Wait until the leader knows every member has everything.
+        let mut status = leader.status();
+        super::router::eventually("the leader to see every member caught up", || {
+            status = leader.status();
+            status.members.iter().all(|m| m.matched == last)
+        })
+        .await;
+        assert_eq!(status.id, 1);
+        assert_eq!(status.member.name, "n1");
+        assert_eq!(status.leader, Some(1));
+        assert!(status.term >= 1);
+        assert_eq!(status.last_log_index, last);
+        let members: Vec<(u64, &str, bool)> = status
+            .members
+            .iter()
+            .map(|m| (m.id, m.member.name.as_str(), m.voter))
+            .collect();
+        assert_eq!(
+            members,
+            [
+                (1, "n1", true),
+                (2, "n2", true),
+                (3, "n3", true),
+                (4, "n4", false)
+            ]
+        );
+
+        let follower = cluster.nodes[&2].clone();
+        wait_applied(&follower, 5).await;
+        let seen = follower.status();
+        assert_eq!((seen.id, seen.leader, seen.term), (2, Some(1), status.term));
+        assert_eq!(seen.members.len(), 4);
+        assert!(seen.members.iter().all(|m| m.matched.is_none()));
+        assert!(seen.applied_index.is_some());
+        cluster.shutdown().await;
+    })
+    .await
+    .expect("within the test's deadline");
+}
