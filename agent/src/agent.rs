@@ -123,6 +123,7 @@ impl Agent {
                 retention_age: config.retention_age().expect("validated"),
                 produce_timeout: config.produce_timeout().expect("validated"),
                 max_producers: config.max_producers,
+                max_in_snapshot_log_to_keep: crate::raft::node::MAX_IN_SNAPSHOT_LOG_TO_KEEP,
             },
             NoNetwork,
         )

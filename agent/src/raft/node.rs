@@ -99,7 +99,18 @@ pub struct NodeSettings {
     /// Idempotent producers remembered (least recently used out); the
     /// leader replicates it, so every node keeps the same ones.
     pub max_producers: u64,
+    /// Raft log entries kept behind the last snapshot when the log is
+    /// purged (openraft's `max_in_snapshot_log_to_keep`). A follower at
+    /// most this far behind catches up from the log; one further behind
+    /// (down longer, or new) is sent the snapshot, which costs the whole
+    /// data log. [`MAX_IN_SNAPSHOT_LOG_TO_KEEP`] unless tests want a
+    /// snapshot install sooner.
+    pub max_in_snapshot_log_to_keep: u64,
 }
+
+/// The usual [`NodeSettings::max_in_snapshot_log_to_keep`]: a follower
+/// down for up to this many entries catches up without a snapshot.
+pub const MAX_IN_SNAPSHOT_LOG_TO_KEEP: u64 = 1000;
 
 /// A running Raft member. Cheap to clone.
 #[derive(Clone)]
@@ -172,7 +183,7 @@ impl RaftNode {
             election_timeout_min: 300,
             election_timeout_max: 600,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_threshold),
-            max_in_snapshot_log_to_keep: 1000,
+            max_in_snapshot_log_to_keep: settings.max_in_snapshot_log_to_keep,
             max_payload_entries: MAX_PAYLOAD_ENTRIES,
             ..openraft::Config::default()
         }

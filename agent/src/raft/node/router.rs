@@ -19,7 +19,7 @@ use openraft::ServerState;
 use tokio::time::Instant;
 
 use super::super::{Member, Request, Response, TypeConfig};
-use super::{Campaigned, Forward, Forwarded, NodeSettings, RaftNode};
+use super::{Campaigned, Forward, Forwarded, NodeSettings, RaftNode, MAX_IN_SNAPSHOT_LOG_TO_KEEP};
 use crate::log::LogConfig;
 use crate::server::{CommitError, CommitLog};
 
@@ -199,6 +199,7 @@ pub(super) fn node_settings(dir: &Path, name: &str) -> NodeSettings {
         retention_age: None,
         produce_timeout: Duration::from_secs(5),
         max_producers: 100,
+        max_in_snapshot_log_to_keep: MAX_IN_SNAPSHOT_LOG_TO_KEEP,
     }
 }
 

@@ -185,3 +185,303 @@ async fn status_shows_the_term_leader_positions_and_members() {
     .await
     .expect("within the test's deadline");
 }
+
+/// Runs a test body under a deadline.
+async fn within<F: std::future::Future<Output = ()>>(secs: u64, body: F) {
+    tokio::time::timeout(Duration::from_secs(secs), body)
+        .await
+        .expect("the test finished within its deadline");
+}
+
+#[tokio::test]
+async fn a_every_node_returns_the_records_and_a_removed_node_stops_receiving() {
+    within(90, async {
+        let cluster = Cluster::start(3, |s| s).await;
+        let leader = cluster.leader_node();
+        let mut records = produce_n(&leader, "a", 0, 20).await;
+        check_everywhere(&cluster, 0, &records).await;
+
+        leader.remove_member(3).await.unwrap();
+        let removed = cluster.nodes[&3].clone();
+        let had = removed.sm.next_offset();
+        assert_eq!(had, 20);
+        records.extend(produce_n(&leader, "b", 20, 10).await);
+        for id in [1, 2] {
+            wait_applied(&cluster.nodes[&id], 30).await;
+            assert_eq!(read_range(&cluster.nodes[&id], 0, 30).await, records);
+        }
+        // Node 2 applied the new records (so they were replicated); node 3
+        // got none of them.
+        assert_eq!(removed.sm.next_offset(), had);
+        let voters: Vec<u64> = leader.status().members.iter().map(|m| m.id).collect();
+        assert_eq!(voters, [1, 2]);
+        cluster.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn b_a_produce_on_a_follower_is_forwarded_and_answered_with_the_leaders_offset() {
+    within(60, async {
+        let cluster = Cluster::start(3, |s| s).await;
+        let leader = cluster.leader_node();
+        produce_n(&leader, "a", 0, 3).await;
+        let follower = cluster.nodes[&2].clone();
+        let at = follower
+            .append(vec![b"x".to_vec(), b"y".to_vec()], Some(("p".into(), 7)))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert_eq!(at, (3, 2));
+        assert_eq!(
+            read_range(&leader, 3, 5).await,
+            [b"x".to_vec(), b"y".to_vec()]
+        );
+        // A retried forward is answered with the first attempt's offsets.
+        let again = cluster.nodes[&3]
+            .append(vec![b"x".to_vec(), b"y".to_vec()], Some(("p".into(), 7)))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert_eq!(again, (3, 2));
+        assert_eq!(leader.sm.next_offset(), 5);
+        cluster.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn c_after_the_leader_stops_a_new_one_serves_every_acked_record_and_retries_append_once() {
+    within(120, async {
+        let mut cluster = Cluster::start(3, |s| s).await;
+        let old = cluster.leader_node().id();
+        let survivors: Vec<RaftNode> = cluster
+            .nodes
+            .values()
+            .filter(|n| n.id() != old)
+            .cloned()
+            .collect();
+        // Producers through the survivors (forwarded to the leader), each
+        // retrying a failed request with the same sequence until it is
+        // acknowledged, while the leader is shut down under them.
+        let mut producers = Vec::new();
+        for (i, via) in survivors.iter().cycle().take(4).enumerate() {
+            let via = via.clone();
+            producers.push(tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for sequence in 0..30u64 {
+                    let record = format!("p{i}-{sequence}").into_bytes();
+                    let producer = Some((format!("p{i}"), sequence));
+                    loop {
+                        let tried = async {
+                            via.append(vec![record.clone()], producer.clone())
+                                .await?
+                                .await
+                        };
+                        match tried.await {
+                            Ok((first, 1)) => break acked.push((first, record)),
+                            Ok(other) => panic!("{other:?}"),
+                            // Retry backoff, not synchronisation.
+                            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                        }
+                    }
+                }
+                acked
+            }));
+        }
+        // Kill once some records are in.
+        let first = &survivors[0];
+        let mut watermark = first.subscribe();
+        watermark.wait_for(|w| *w >= 20).await.unwrap();
+        let killed_at = Instant::now();
+        cluster.stop_node(old).await;
+        let new = cluster
+            .wait_leader(&survivors.iter().map(|n| n.id()).collect::<Vec<_>>())
+            .await;
+        let failover = killed_at.elapsed();
+        eprintln!("new leader {new} after {failover:?}");
+        // Election timeout at most 600 ms plus the lease of 600 ms the
+        // followers honour after the last heartbeat; well under 5 s.
+        assert!(failover < Duration::from_secs(5), "{failover:?}");
+
+        let mut acked = Vec::new();
+        for p in producers {
+            acked.extend(p.await.unwrap());
+        }
+        assert_eq!(acked.len(), 4 * 30);
+        acked.sort();
+        let end = acked.len() as u64;
+        // Each (producer, sequence) once, offsets dense: no double append.
+        for (i, (first, _)) in acked.iter().enumerate() {
+            assert_eq!(*first, i as u64, "{acked:?}");
+        }
+        let records: Vec<Vec<u8>> = acked.into_iter().map(|(_, r)| r).collect();
+        check_everywhere(&cluster, 0, &records).await;
+        for node in cluster.nodes.values() {
+            assert_eq!(node.sm.next_offset(), end, "node {}", node.id());
+        }
+        // A retry after the failover is answered from the replicated
+        // producer table, not appended again.
+        let again = cluster.nodes[&new]
+            .append(vec![b"p0-29".to_vec()], Some(("p0".into(), 29)))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        let at = records.iter().position(|r| r == b"p0-29").unwrap() as u64;
+        assert_eq!(again, (at, 1));
+        assert_eq!(cluster.nodes[&new].sm.next_offset(), end);
+        // Writes resume.
+        produce_n(&cluster.nodes[&new], "after", end, 5).await;
+        cluster.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn d_a_leader_cut_off_from_its_quorum_stops_acking_within_its_deadline() {
+    let timeout = Duration::from_millis(800);
+    within(90, async {
+        let cluster = Cluster::start(3, |s| NodeSettings {
+            produce_timeout: timeout,
+            ..s
+        })
+        .await;
+        let leader = cluster.leader_node();
+        let records = produce_n(&leader, "a", 0, 5).await;
+        cluster.router.isolate(leader.id());
+        for _ in 0..3 {
+            let started = Instant::now();
+            let answer = leader.append(vec![b"lost".to_vec()], None).await;
+            let answer = match answer {
+                Ok(durable) => durable.await,
+                Err(e) => Err(e),
+            };
+            assert!(
+                matches!(answer, Err(CommitError::Unavailable(_))),
+                "{answer:?}"
+            );
+            assert!(
+                started.elapsed() < timeout + Duration::from_millis(500),
+                "{:?}",
+                started.elapsed()
+            );
+        }
+        // The others elect a leader and take writes.
+        let others: Vec<u64> = cluster
+            .nodes
+            .keys()
+            .copied()
+            .filter(|id| *id != leader.id())
+            .collect();
+        let new = cluster.wait_leader(&others).await;
+        produce_n(&cluster.nodes[&new], "b", 5, 3).await;
+        // Healed, the old leader follows and drops its unacked entries.
+        cluster.router.heal(leader.id());
+        assert_eq!(cluster.wait_agreed_leader().await, new);
+        let mut expected = records;
+        expected.extend((0..3).map(|i| format!("b-{i}").into_bytes()));
+        check_everywhere(&cluster, 0, &expected).await;
+        cluster.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn e_a_restarted_follower_catches_up() {
+    within(90, async {
+        let mut cluster = Cluster::start(3, |s| s).await;
+        let leader = cluster.leader_node();
+        let mut records = produce_n(&leader, "a", 0, 10).await;
+        check_everywhere(&cluster, 0, &records).await;
+        cluster.stop_node(3).await;
+        records.extend(produce_n(&leader, "b", 10, 20).await);
+        let back = cluster.start_node(3).await;
+        assert_eq!(cluster.wait_agreed_leader().await, leader.id());
+        wait_applied(&back, 30).await;
+        assert_eq!(read_range(&back, 0, 30).await, records);
+        check_everywhere(&cluster, 0, &records).await;
+        cluster.shutdown().await;
+    })
+    .await;
+}
+
+/// Follows `node`'s watermark from offset 0 to `end`, reading each record
+/// once it is applied; returns them in order. Reads that fail while the
+/// node is replaying or installing are retried on the next watermark.
+async fn follow(node: RaftNode, end: u64) -> Vec<Vec<u8>> {
+    let mut watermark = node.subscribe();
+    let mut records = Vec::new();
+    while (records.len() as u64) < end {
+        let next = records.len() as u64;
+        let applied = *watermark.borrow_and_update();
+        if applied > next {
+            match node.read(next, (applied - next) as usize).await {
+                Ok(got) => records.extend(got),
+                // Replaying after the restart: wait for more.
+                Err(CommitError::Unavailable(_)) => {
+                    watermark.changed().await.unwrap();
+                }
+                Err(e) => panic!("read at {next}: {e}"),
+            }
+        } else {
+            watermark.changed().await.unwrap();
+        }
+    }
+    records
+}
+
+#[tokio::test]
+async fn f_a_follower_behind_the_purge_point_catches_up_through_a_snapshot_and_readers_see_every_record(
+) {
+    within(120, async {
+        let mut cluster = Cluster::start(3, |s| NodeSettings {
+            snapshot_threshold: 10,
+            max_in_snapshot_log_to_keep: 0,
+            ..s
+        })
+        .await;
+        let leader = cluster.leader_node();
+        let mut records = produce_n(&leader, "a", 0, 15).await;
+        check_everywhere(&cluster, 0, &records).await;
+        cluster.stop_node(3).await;
+        records.extend(produce_n(&leader, "b", 15, 45).await);
+        let end = records.len() as u64;
+        // The leader purged its log past everything node 3 holds.
+        let stopped_at = {
+            let m = leader.raft.metrics().borrow().clone();
+            m.replication.as_ref().unwrap()[&3].map(|l| l.index)
+        };
+        super::router::eventually("the leader to purge past node 3", || {
+            let purged = leader.raft.metrics().borrow().purged.map(|l| l.index);
+            purged > stopped_at
+        })
+        .await;
+
+        // Restarted node 3, and a new node 4, each with a reader from 0.
+        let back = cluster.start_node(3).await;
+        let reader_3 = tokio::spawn(follow(back.clone(), end));
+        cluster.prepare(4);
+        let fresh = cluster.start_node(4).await;
+        let reader_4 = tokio::spawn(follow(fresh.clone(), end));
+        cluster.add(4).await;
+        for node in [&back, &fresh] {
+            wait_applied(node, end).await;
+            let snapshot = node.raft.metrics().borrow().snapshot;
+            assert!(
+                snapshot.is_some_and(|s| Some(s.index) > stopped_at),
+                "node {} installed a snapshot past its log: {snapshot:?}",
+                node.id()
+            );
+        }
+        assert_eq!(reader_3.await.unwrap(), records);
+        assert_eq!(reader_4.await.unwrap(), records);
+        // And they keep replicating after the install.
+        records.extend(produce_n(&leader, "c", end, 5).await);
+        check_everywhere(&cluster, 0, &records).await;
+        cluster.shutdown().await;
+    })
+    .await;
+}
