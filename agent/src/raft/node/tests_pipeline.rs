@@ -133,9 +133,12 @@ fn generous(settings: NodeSettings) -> NodeSettings {
 async fn one_node_answers_many_concurrent_producers_with_their_own_dense_offsets() {
     let cluster = Cluster::start(1, generous).await;
     let node = cluster.nodes[&1].clone();
-    let acked = tokio::time::timeout(WAIT, produce_concurrently(&[node.clone()], 24, 40))
-        .await
-        .expect("produced in time");
+    let acked = tokio::time::timeout(
+        WAIT,
+        produce_concurrently(std::slice::from_ref(&node), 24, 40),
+    )
+    .await
+    .expect("produced in time");
     assert_eq!(acked.len(), 24 * 40);
     let end = check_answers(&acked, 0);
     check_reads(&node, &acked, 0, end).await;
