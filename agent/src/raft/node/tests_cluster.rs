@@ -41,6 +41,47 @@ async fn check_everywhere(cluster: &Cluster, from: u64, records: &[Vec<u8>]) {
     }
 }
 
+/// A producer named `name` appending `"{name}-{sequence}"` for sequences
+/// `0..n` through `via`, retrying a failed request with the same sequence
+/// until it is acknowledged; resolves to (offset, record) per sequence.
+fn retrying_producer(
+    via: RaftNode,
+    name: String,
+    n: u64,
+) -> tokio::task::JoinHandle<Vec<(u64, Vec<u8>)>> {
+    tokio::spawn(async move {
+        let mut acked = Vec::new();
+        for sequence in 0..n {
+            let record = format!("{name}-{sequence}").into_bytes();
+            let producer = Some((name.clone(), sequence));
+            loop {
+                let tried = async {
+                    via.append(vec![record.clone()], producer.clone())
+                        .await?
+                        .await
+                };
+                match tried.await {
+                    Ok((first, 1)) => break acked.push((first, record)),
+                    Ok(other) => panic!("{other:?}"),
+                    // Retry backoff, not synchronisation.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        }
+        acked
+    })
+}
+
+/// Checks acknowledged (offset, record) pairs are dense from 0, each
+/// once; returns the records in offset order.
+fn dense(mut acked: Vec<(u64, Vec<u8>)>) -> Vec<Vec<u8>> {
+    acked.sort();
+    for (i, (first, _)) in acked.iter().enumerate() {
+        assert_eq!(*first, i as u64, "{acked:?}");
+    }
+    acked.into_iter().map(|(_, r)| r).collect()
+}
+
 fn state(node: &RaftNode) -> ServerState {
     node.raft.metrics().borrow().state
 }
@@ -266,31 +307,13 @@ async fn c_after_the_leader_stops_a_new_one_serves_every_acked_record_and_retrie
         // Producers through the survivors (forwarded to the leader), each
         // retrying a failed request with the same sequence until it is
         // acknowledged, while the leader is shut down under them.
-        let mut producers = Vec::new();
-        for (i, via) in survivors.iter().cycle().take(4).enumerate() {
-            let via = via.clone();
-            producers.push(tokio::spawn(async move {
-                let mut acked = Vec::new();
-                for sequence in 0..30u64 {
-                    let record = format!("p{i}-{sequence}").into_bytes();
-                    let producer = Some((format!("p{i}"), sequence));
-                    loop {
-                        let tried = async {
-                            via.append(vec![record.clone()], producer.clone())
-                                .await?
-                                .await
-                        };
-                        match tried.await {
-                            Ok((first, 1)) => break acked.push((first, record)),
-                            Ok(other) => panic!("{other:?}"),
-                            // Retry backoff, not synchronisation.
-                            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-                        }
-                    }
-                }
-                acked
-            }));
-        }
+        let producers: Vec<_> = survivors
+            .iter()
+            .cycle()
+            .take(4)
+            .enumerate()
+            .map(|(i, via)| retrying_producer(via.clone(), format!("p{i}"), 30))
+            .collect();
         // Kill once some records are in.
         let first = &survivors[0];
         let mut watermark = first.subscribe();
@@ -311,13 +334,9 @@ async fn c_after_the_leader_stops_a_new_one_serves_every_acked_record_and_retrie
             acked.extend(p.await.unwrap());
         }
         assert_eq!(acked.len(), 4 * 30);
-        acked.sort();
         let end = acked.len() as u64;
         // Each (producer, sequence) once, offsets dense: no double append.
-        for (i, (first, _)) in acked.iter().enumerate() {
-            assert_eq!(*first, i as u64, "{acked:?}");
-        }
-        let records: Vec<Vec<u8>> = acked.into_iter().map(|(_, r)| r).collect();
+        let records = dense(acked);
         check_everywhere(&cluster, 0, &records).await;
         for node in cluster.nodes.values() {
             assert_eq!(node.sm.next_offset(), end, "node {}", node.id());
@@ -481,6 +500,60 @@ async fn f_a_follower_behind_the_purge_point_catches_up_through_a_snapshot_and_r
         // And they keep replicating after the install.
         records.extend(produce_n(&leader, "c", end, 5).await);
         check_everywhere(&cluster, 0, &records).await;
+        cluster.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn g_a_transfer_under_load_loses_and_duplicates_nothing() {
+    within(120, async {
+        let cluster = Cluster::start(3, |s| s).await;
+        let producers: Vec<_> = cluster
+            .nodes
+            .values()
+            .map(|via| retrying_producer(via.clone(), format!("p{}", via.id()), 40))
+            .collect();
+        let old = cluster.nodes[&1].clone();
+        let mut watermark = old.subscribe();
+        watermark.wait_for(|w| *w >= 15).await.unwrap();
+        assert_eq!(old.transfer_leadership(Some(2)).await.unwrap(), 2);
+        assert_eq!(cluster.wait_agreed_leader().await, 2);
+        let mut acked = Vec::new();
+        for p in producers {
+            acked.extend(p.await.unwrap());
+        }
+        assert_eq!(acked.len(), 3 * 40);
+        let records = dense(acked);
+        check_everywhere(&cluster, 0, &records).await;
+        cluster.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn g_a_transfer_given_up_by_its_caller_leaves_the_leader_heartbeating() {
+    within(60, async {
+        let cluster = Cluster::start(3, |s| s).await;
+        let leader = cluster.nodes[&1].clone();
+        let term = leader.raft.metrics().borrow().current_term;
+        // Dropped while waiting out the lease, heartbeats off.
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(300),
+            leader.transfer_leadership(Some(2)),
+        )
+        .await;
+        assert!(gave_up.is_err(), "{gave_up:?}");
+        // Were heartbeats still off, the followers would elect a leader
+        // within lease + election timeout (1.2 s): no term change in 3 s.
+        let changed = cluster.nodes[&2]
+            .raft
+            .wait(Some(Duration::from_secs(3)))
+            .metrics(|m| m.current_term != term, "a new term")
+            .await;
+        assert!(changed.is_err(), "an election happened: {changed:?}");
+        assert_eq!(cluster.wait_agreed_leader().await, 1);
+        produce_n(&leader, "a", 0, 3).await;
         cluster.shutdown().await;
     })
     .await;

@@ -22,11 +22,11 @@
 
 use std::time::Duration;
 
-use openraft::RaftMetrics;
+use openraft::{Raft, RaftMetrics};
 use tokio::time::Instant;
 use tracing::info;
 
-use super::super::Member;
+use super::super::{Member, TypeConfig};
 use super::{MembershipError, RaftNode};
 use crate::server::CommitError;
 
@@ -60,10 +60,9 @@ impl RaftNode {
             .await
             .map_err(|_| MembershipError::Timeout("pausing proposals".into()))?;
         self.wait_caught_up(target, deadline).await?;
-        let runtime = self.raft.runtime_config();
-        runtime.heartbeat(false);
+        let silent = HeartbeatsOff::new(&self.raft);
         let handed = self.hand_over(target, &member, deadline).await;
-        runtime.heartbeat(true);
+        drop(silent);
         let leader = handed?;
         info!(node_id = leader, "leadership transferred");
         Ok(leader)
@@ -131,6 +130,24 @@ impl RaftNode {
             .await
             .map_err(|_| MembershipError::Timeout(format!("electing node {target}")))?;
         Ok(elected.current_leader.unwrap_or(target))
+    }
+}
+
+/// Heartbeats off while it lives: dropped (the transfer done, failed, or
+/// its caller gone and its future dropped), heartbeats are on again, so a
+/// leader is never left silent.
+struct HeartbeatsOff(Raft<TypeConfig>);
+
+impl HeartbeatsOff {
+    fn new(raft: &Raft<TypeConfig>) -> HeartbeatsOff {
+        raft.runtime_config().heartbeat(false);
+        HeartbeatsOff(raft.clone())
+    }
+}
+
+impl Drop for HeartbeatsOff {
+    fn drop(&mut self) {
+        self.0.runtime_config().heartbeat(true);
     }
 }
 
