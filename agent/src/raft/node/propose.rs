@@ -85,12 +85,37 @@ pub(super) async fn wait_leader(
 /// and sent while the previous one is being acknowledged. More than a few
 /// gains little: what arrives meanwhile is batched into the next entry
 /// anyway, and each entry in flight holds its batch's replies.
+///
+/// A cluster of one voter keeps one entry in flight: there is no round
+/// trip to overlap, the log store's group commit already lets one fsync
+/// cover every entry written meanwhile, and more entries in flight only
+/// split the batches into more, smaller entries, each with its fixed cost
+/// (encode, write, apply, openraft's bookkeeping). Measured on one node,
+/// four in flight produced half the records per second of one at 16 and
+/// 64 requests in flight.
 pub(super) const MAX_IN_FLIGHT: usize = 4;
+
+/// Slots (of [`MAX_IN_FLIGHT`]) the next entry takes: one in a cluster of
+/// several voters, all of them with a single voter (one entry in flight).
+fn entry_weight(raft: &Raft<TypeConfig>) -> u32 {
+    let voters = raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .count();
+    if voters > 1 {
+        1
+    } else {
+        MAX_IN_FLIGHT as u32
+    }
+}
 
 /// Group commit at the Raft level, pipelined. openraft 0.9 writes and
 /// flushes one append at a time, so one entry per request would cost one
 /// fsync per request. Instead, up to [`MAX_IN_FLIGHT`] entries are in
-/// flight, and every request that arrives while all of them are goes into
+/// flight (one with a single voter), and every request that arrives while all of them are goes into
 /// the next entry, as a `Request::Batch` of at most [`MAX_BATCH`] requests
 /// and [`MAX_BATCH_BYTES`]. Entries are submitted one after the other with
 /// `client_write_ff`, which keeps submission order, so the queue's order is
@@ -114,7 +139,7 @@ pub(super) async fn propose_loop(
         // wait in the queue and make the next entry.
         let slot = tokio::select! {
             _ = stop.cancelled() => return,
-            slot = Arc::clone(&slots).acquire_owned() => match slot {
+            slot = Arc::clone(&slots).acquire_many_owned(entry_weight(&raft)) => match slot {
                 Ok(slot) => slot,
                 Err(_) => return,
             },
