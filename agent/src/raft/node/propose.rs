@@ -83,8 +83,12 @@ pub(super) async fn wait_leader(
 /// one entry all happen before the next entry starts, which roughly
 /// halves a cluster's throughput; with a few, the next entry is written
 /// and sent while the previous one is being acknowledged. More than a few
-/// gains little: what arrives meanwhile is batched into the next entry
-/// anyway, and each entry in flight holds its batch's replies.
+/// costs: every entry has a fixed cost, and more entries in flight mean
+/// smaller batches. Measured on three nodes in one process (the
+/// `measure_three_nodes` test, release, a busy 2-core machine) at 16 and
+/// 64 requests in flight: depth 1 gave 7.0k and 26.5k records/s (p99 9 ms),
+/// depth 2 7.6k and 25.9k, depth 4 8.4-9.4k and 28.5k (p99 3 ms), depth 8
+/// 5.9k and 12.0k.
 ///
 /// A cluster of one voter keeps one entry in flight: there is no round
 /// trip to overlap, the log store's group commit already lets one fsync

@@ -174,3 +174,47 @@ async fn three_nodes_answer_concurrent_producers_on_the_leader_and_through_follo
     check_retries(&followers[0], &acked, end).await;
     cluster.shutdown().await;
 }
+
+/// Throughput of a three-node cluster on the in-process router (no
+/// sockets: the round trip is the follower's write and fsync), at 1, 16
+/// and 64 requests in flight, 100-byte records, for comparing pipeline
+/// depths. Not a test: run it in release with
+/// `cargo test --release -p proglog-agent --lib measure_three_nodes -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_three_nodes() {
+    let cluster = Cluster::start(3, generous).await;
+    let leader = cluster.leader_node();
+    for in_flight in [1usize, 16, 64] {
+        let until = Instant::now() + Duration::from_secs(5);
+        let mut tasks = Vec::new();
+        for _ in 0..in_flight {
+            let node = leader.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while Instant::now() < until {
+                    let started = Instant::now();
+                    node.append(vec![vec![7; 100]], None)
+                        .await
+                        .unwrap()
+                        .await
+                        .unwrap();
+                    latencies.push(started.elapsed());
+                }
+                latencies
+            }));
+        }
+        let mut latencies = Vec::new();
+        for task in tasks {
+            latencies.extend(task.await.unwrap());
+        }
+        latencies.sort();
+        eprintln!(
+            "depth {MAX_IN_FLIGHT}, {in_flight} in flight: {:.0} records/s, p50 {:?}, p99 {:?}",
+            latencies.len() as f64 / 5.0,
+            latencies[latencies.len() / 2],
+            latencies[latencies.len() * 99 / 100],
+        );
+    }
+    cluster.shutdown().await;
+}
