@@ -558,3 +558,35 @@ async fn g_a_transfer_given_up_by_its_caller_leaves_the_leader_heartbeating() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn g_a_transfer_to_an_unreachable_voter_fails_and_the_leader_keeps_leading() {
+    within(60, async {
+        let cluster = Cluster::start(3, |s| s).await;
+        let leader = cluster.nodes[&1].clone();
+        produce_n(&leader, "a", 0, 3).await;
+        cluster.router.isolate(3);
+        let started = Instant::now();
+        let failed = leader.transfer_leadership(Some(3)).await;
+        assert!(
+            matches!(
+                failed,
+                Err(MembershipError::Raft(_) | MembershipError::Timeout(_))
+            ),
+            "{failed:?}"
+        );
+        assert!(
+            started.elapsed() < transfer::TRANSFER_TIMEOUT + Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        // Heartbeats are back: node 2 keeps following node 1, writes go on.
+        let term = leader.raft.metrics().borrow().current_term;
+        produce_n(&leader, "b", 3, 3).await;
+        assert_eq!(leader.raft.metrics().borrow().current_term, term);
+        assert_eq!(cluster.nodes[&2].leader().map(|(id, _)| id), Some(1));
+        cluster.router.heal(3);
+        cluster.shutdown().await;
+    })
+    .await;
+}

@@ -4,8 +4,11 @@
 //! last heard from the leader (`Engine::handle_vote_req`), so a follower
 //! told to campaign while the leader heartbeats loses. So the leader:
 //!
-//! 1. stops proposing (it holds the propose gate: produces wait),
-//! 2. waits until the target has every entry of its log,
+//! 1. waits until the target lacks at most [`CLOSE_ENOUGH`] entries of
+//!    its log, produces going on,
+//! 2. stops proposing (it holds the propose gate: produces wait, for the
+//!    rest of the transfer, normally under a second) and waits, at most
+//!    [`PAUSED_CATCH_UP`], until the target has every entry of its log,
 //! 3. stops heartbeating and waits out the followers' lease,
 //! 4. asks the target to campaign ([`Forward::campaign`](super::Forward::campaign)),
 //! 5. waits until it hears of a new leader, and heartbeats again (which
@@ -35,6 +38,13 @@ use crate::server::CommitError;
 /// produces wait meanwhile, so it is kept short.
 pub const TRANSFER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How many entries the target may lack when proposals pause: it
+/// catches up on those while produces wait, a round trip or two.
+const CLOSE_ENOUGH: u64 = 64;
+
+/// The longest the final catch-up may keep proposals paused.
+const PAUSED_CATCH_UP: Duration = Duration::from_secs(2);
+
 /// Margin added to the leader lease: a heartbeat already on its way when
 /// heartbeats stop still renews the followers' lease on arrival.
 const LEASE_MARGIN: Duration = Duration::from_millis(150);
@@ -56,10 +66,15 @@ impl RaftNode {
             return Ok(self.id);
         }
         info!(node_id = target, %member, "transferring leadership");
+        // Close to the leader while produces go on, then exactly with them
+        // paused: a slow or unreachable target does not stall produces for
+        // the whole timeout.
+        self.wait_caught_up(target, CLOSE_ENOUGH, deadline).await?;
         let _paused = tokio::time::timeout_at(deadline, self.propose_gate.write())
             .await
             .map_err(|_| MembershipError::Timeout("pausing proposals".into()))?;
-        self.wait_caught_up(target, deadline).await?;
+        let paused_until = deadline.min(Instant::now() + PAUSED_CATCH_UP);
+        self.wait_caught_up(target, 0, paused_until).await?;
         let silent = HeartbeatsOff::new(&self.raft);
         let handed = self.hand_over(target, &member, deadline).await;
         drop(silent);
@@ -80,15 +95,21 @@ impl RaftNode {
             .map_err(|e| CommitError::Unavailable(e.to_string()))
     }
 
-    /// Waits until `target` holds every entry of this leader's log.
-    async fn wait_caught_up(&self, target: u64, deadline: Instant) -> Result<(), MembershipError> {
+    /// Waits until `target` lacks at most `slack` entries of this
+    /// leader's log.
+    async fn wait_caught_up(
+        &self,
+        target: u64,
+        slack: u64,
+        deadline: Instant,
+    ) -> Result<(), MembershipError> {
         let wait = deadline.saturating_duration_since(Instant::now());
         let id = self.id;
         let done = self
             .raft
             .wait(Some(wait))
             .metrics(
-                |m| m.current_leader != Some(id) || matched(m, target) == m.last_log_index,
+                |m| m.current_leader != Some(id) || lag(m, target).is_some_and(|l| l <= slack),
                 "the target caught up",
             )
             .await
@@ -113,7 +134,7 @@ impl RaftNode {
         tokio::time::sleep_until((Instant::now() + lease + LEASE_MARGIN).min(deadline)).await;
         // An entry proposed by another loop meanwhile (retention) must
         // reach the target too, or the others refuse it their vote.
-        self.wait_caught_up(target, deadline).await?;
+        self.wait_caught_up(target, 0, deadline).await?;
         tokio::time::timeout_at(deadline, self.forward.campaign(target, member, deadline))
             .await
             .map_err(|_| MembershipError::Timeout(format!("asking node {target} to campaign")))?
@@ -130,6 +151,16 @@ impl RaftNode {
             .await
             .map_err(|_| MembershipError::Timeout(format!("electing node {target}")))?;
         Ok(elected.current_leader.unwrap_or(target))
+    }
+}
+
+/// Entries `target` lacks of the leader's log, if known (`None` while
+/// the leader has entries and does not know what the target holds).
+fn lag(m: &RaftMetrics<u64, Member>, target: u64) -> Option<u64> {
+    match (m.last_log_index, matched(m, target)) {
+        (None, _) => Some(0),
+        (Some(last), Some(held)) => Some(last.saturating_sub(held)),
+        (Some(_), None) => None,
     }
 }
 
