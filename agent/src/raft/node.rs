@@ -3,8 +3,8 @@
 //! reads serve applied records only.
 //!
 //! Background tasks of a node: the propose loop (group commit into Raft
-//! entries, bounded in requests and bytes, every produce under a
-//! deadline), the failure watch (a storage failure stops the node for
+//! entries, a few in flight, bounded in requests and bytes, every produce
+//! under a deadline), the failure watch (a storage failure stops the node for
 //! good), the leader's producer-bound and retention proposals, and the
 //! snapshot-by-bytes trigger. They live in `propose.rs` and `loops.rs`;
 //! `network.rs` has the [`Forward`] half of a node's network and the
