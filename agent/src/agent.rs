@@ -148,6 +148,7 @@ impl Agent {
             retention_age: config.retention_age().expect("validated"),
             produce_timeout: config.produce_timeout().expect("validated"),
             max_producers: config.max_producers,
+            max_in_snapshot_log_to_keep: crate::raft::node::MAX_IN_SNAPSHOT_LOG_TO_KEEP,
         };
         // Dev mode is one node: no peer TLS, so no network.
         let network = peer_tls.clone().map(PeerNetwork::new);

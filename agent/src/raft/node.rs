@@ -3,12 +3,13 @@
 //! reads serve applied records only.
 //!
 //! Background tasks of a node: the propose loop (group commit into Raft
-//! entries, bounded in requests and bytes, every produce under a
-//! deadline), the failure watch (a storage failure stops the node for
+//! entries, a few in flight, bounded in requests and bytes, every produce
+//! under a deadline), the failure watch (a storage failure stops the node for
 //! good), the leader's producer-bound and retention proposals, and the
 //! snapshot-by-bytes trigger. They live in `propose.rs` and `loops.rs`;
 //! `network.rs` has the [`Forward`] half of a node's network and the
-//! placeholder network of a node without peers.
+//! placeholder network of a node without peers; `transfer.rs` hands
+//! leadership to another voter, `membership.rs` changes the members.
 
 mod loops;
 mod membership;
@@ -17,7 +18,13 @@ mod propose;
 mod transfer;
 
 #[cfg(test)]
+mod router;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_cluster;
+#[cfg(test)]
+mod tests_pipeline;
 
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher};
@@ -38,8 +45,8 @@ use tracing::info;
 use super::{LogStore, Member, Request, Response, StateMachine, TypeConfig};
 use crate::log::{LogConfig, LogError};
 use loops::*;
-pub use membership::MembershipError;
-pub use network::{Forward, Forwarded, NoNetwork};
+pub use membership::{ClusterStatus, MemberStatus, MembershipError};
+pub use network::{Campaigned, Forward, Forwarded, NoNetwork};
 use propose::*;
 
 use crate::server::{
@@ -92,7 +99,18 @@ pub struct NodeSettings {
     /// Idempotent producers remembered (least recently used out); the
     /// leader replicates it, so every node keeps the same ones.
     pub max_producers: u64,
+    /// Raft log entries kept behind the last snapshot when the log is
+    /// purged (openraft's `max_in_snapshot_log_to_keep`). A follower at
+    /// most this far behind catches up from the log; one further behind
+    /// (down longer, or new) is sent the snapshot, which costs the whole
+    /// data log. [`MAX_IN_SNAPSHOT_LOG_TO_KEEP`] unless tests want a
+    /// snapshot install sooner.
+    pub max_in_snapshot_log_to_keep: u64,
 }
+
+/// The usual [`NodeSettings::max_in_snapshot_log_to_keep`]: a follower
+/// down for up to this many entries catches up without a snapshot.
+pub const MAX_IN_SNAPSHOT_LOG_TO_KEEP: u64 = 1000;
 
 /// A running Raft member. Cheap to clone.
 #[derive(Clone)]
@@ -123,6 +141,9 @@ pub struct RaftNode {
     stop: CancellationToken,
     /// Serialises membership changes (one at a time).
     membership_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The propose loop submits under it shared; a leadership transfer
+    /// holds it exclusively, so no entry is proposed meanwhile.
+    propose_gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 /// Entries per AppendEntries RPC (openraft's `max_payload_entries`, which
@@ -162,7 +183,7 @@ impl RaftNode {
             election_timeout_min: 300,
             election_timeout_max: 600,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_threshold),
-            max_in_snapshot_log_to_keep: 1000,
+            max_in_snapshot_log_to_keep: settings.max_in_snapshot_log_to_keep,
             max_payload_entries: MAX_PAYLOAD_ENTRIES,
             ..openraft::Config::default()
         }
@@ -195,7 +216,14 @@ impl RaftNode {
         }
         let stop = CancellationToken::new();
         let (proposals, queue) = mpsc::channel(PROPOSAL_QUEUE);
-        tokio::spawn(propose_loop(raft.clone(), id, queue, stop.clone()));
+        let propose_gate = Arc::new(tokio::sync::RwLock::new(()));
+        tokio::spawn(propose_loop(
+            raft.clone(),
+            id,
+            queue,
+            Arc::clone(&propose_gate),
+            stop.clone(),
+        ));
         let (failed, failure) = watch::channel(None);
         tokio::spawn(watch_failure(
             raft.clone(),
@@ -242,6 +270,7 @@ impl RaftNode {
             failure,
             stop,
             membership_lock: Arc::default(),
+            propose_gate,
         })
     }
 

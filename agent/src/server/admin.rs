@@ -172,12 +172,10 @@ fn check_add_voter(req: &AddVoterRequest) -> Result<Member, AdminError> {
 
 /// The members of the membership this node knows, by id.
 fn members(node: &RaftNode) -> Vec<(u64, Member)> {
-    let metrics = node.raft_metrics();
-    metrics
-        .membership_config
-        .membership()
-        .nodes()
-        .map(|(id, m)| (*id, m.clone()))
+    node.status()
+        .members
+        .into_iter()
+        .map(|m| (m.id, m.member))
         .collect()
 }
 
@@ -207,39 +205,32 @@ fn resolve(members: &[(u64, Member)], node: &str) -> Result<u64, AdminError> {
 /// indexes, and each member with its role and, on the leader, how far its
 /// log is known to match.
 fn cluster_status(node: &RaftNode) -> ClusterStatusResponse {
-    let metrics = node.raft_metrics();
-    let membership = metrics.membership_config.membership();
-    let replication = metrics.replication.as_ref();
-    let members = membership
-        .nodes()
-        .map(|(id, m)| {
-            // The leader's progress lists every member, itself included
-            // (its flushed log).
-            let matched = replication
-                .and_then(|r| r.get(id).copied().flatten())
-                .map(|log_id| log_id.index);
-            ClusterMember {
-                id: *id,
-                name: m.name.clone(),
-                rpc_addr: m.rpc_addr.clone(),
-                voter: membership.voter_ids().any(|v| v == *id),
-                matched_index: matched.unwrap_or(0),
-            }
+    let status = node.status();
+    let leader_name = status
+        .members
+        .iter()
+        .find(|m| Some(m.id) == status.leader)
+        .map(|m| m.member.name.clone())
+        .unwrap_or_default();
+    let members = status
+        .members
+        .into_iter()
+        .map(|m| ClusterMember {
+            id: m.id,
+            name: m.member.name,
+            rpc_addr: m.member.rpc_addr,
+            voter: m.voter,
+            matched_index: m.matched.unwrap_or(0),
         })
         .collect();
-    let leader_id = metrics.current_leader;
-    let leader_name = leader_id
-        .and_then(|id| membership.get_node(&id))
-        .map(|m| m.name.clone())
-        .unwrap_or_default();
     ClusterStatusResponse {
-        id: metrics.id,
-        name: node.member().name.clone(),
-        term: metrics.current_term,
-        leader_id: leader_id.unwrap_or(0),
+        id: status.id,
+        name: status.member.name,
+        term: status.term,
+        leader_id: status.leader.unwrap_or(0),
         leader_name,
-        last_log_index: metrics.last_log_index.unwrap_or(0),
-        applied_index: metrics.last_applied.map_or(0, |l| l.index),
+        last_log_index: status.last_log_index.unwrap_or(0),
+        applied_index: status.applied_index.unwrap_or(0),
         members,
     }
 }

@@ -47,8 +47,9 @@ impl From<AdminError> for Status {
 
 /// Not the leader -> FAILED_PRECONDITION naming the leader in the message
 /// and in metadata (so a client can retry there), or UNAVAILABLE while no
-/// leader is known; not a member -> NOT_FOUND; Raft refused or failed ->
-/// UNAVAILABLE.
+/// leader is known; not a member -> NOT_FOUND; a transfer with no voter
+/// to hand over to -> FAILED_PRECONDITION, one that ran out of time ->
+/// DEADLINE_EXCEEDED; Raft refused or failed -> UNAVAILABLE.
 impl From<MembershipError> for Status {
     fn from(e: MembershipError) -> Status {
         match &e {
@@ -76,6 +77,10 @@ impl From<MembershipError> for Status {
                 )
             }
             MembershipError::UnknownNode(_) => Status::not_found(e.to_string()),
+            MembershipError::NotVoter(_) | MembershipError::NoOtherVoter => {
+                Status::failed_precondition(e.to_string())
+            }
+            MembershipError::Timeout(_) => Status::deadline_exceeded(e.to_string()),
             MembershipError::Raft(_) => Status::unavailable(e.to_string()),
         }
     }

@@ -33,7 +33,7 @@ use tonic::{Code, Status};
 use super::delta::{self, Layout};
 use super::{MAX_MESSAGE_BYTES, RAFT_RPC};
 use crate::raft::codec;
-use crate::raft::node::{Forward, Forwarded};
+use crate::raft::node::{Campaigned, Forward, Forwarded};
 use crate::raft::{Member, Request, Response, TypeConfig};
 use crate::server::CommitError;
 use crate::transport::tls::PeerTls;
@@ -254,6 +254,16 @@ impl Forward for PeerNetwork {
                 first_offset: answer.first_offset,
                 count: answer.count,
             })
+        })
+    }
+
+    fn campaign(&self, _target: u64, member: &Member, deadline: Instant) -> Campaigned {
+        let (network, addr) = (self.clone(), member.rpc_addr.clone());
+        Box::pin(async move {
+            network
+                .campaign(&addr, deadline)
+                .await
+                .map_err(CommitError::Leader)
         })
     }
 }

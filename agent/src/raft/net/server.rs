@@ -189,12 +189,7 @@ impl RaftRpc for RaftService {
         &self,
         _req: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
-        self.node
-            .raft()
-            .trigger()
-            .elect()
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+        self.node.campaign().await?;
         Ok(Response::new(CampaignResponse {}))
     }
 }

@@ -1,5 +1,6 @@
 //! Membership changes on the leader: add a node (as a learner, promoted to
-//! voter once caught up), remove one. One change at a time.
+//! voter once caught up), remove one. One change at a time. And the
+//! cluster's status as a node sees it.
 
 use std::collections::BTreeSet;
 
@@ -8,6 +9,41 @@ use tracing::info;
 
 use super::super::Member;
 use super::RaftNode;
+
+/// The cluster as one node sees it (the admin ClusterStatus call).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// This node's Raft id.
+    pub id: u64,
+    /// This node's name and advertised address.
+    pub member: Member,
+    /// The current Raft term.
+    pub term: u64,
+    /// The leader this node knows, if any.
+    pub leader: Option<u64>,
+    /// Index of the last entry in this node's Raft log (`None`: empty).
+    pub last_log_index: Option<u64>,
+    /// Index of the last entry this node applied (`None`: none yet).
+    pub applied_index: Option<u64>,
+    /// Every voter and learner of the effective membership, by id.
+    pub members: Vec<MemberStatus>,
+}
+
+/// One member in a [`ClusterStatus`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberStatus {
+    /// Its Raft id.
+    pub id: u64,
+    /// Its name and advertised address.
+    pub member: Member,
+    /// A voter (else a learner, which replicates but neither votes nor
+    /// counts for commit).
+    pub voter: bool,
+    /// On the leader: the last log index known to be on that member (the
+    /// leader's own last index for itself; `None` while unknown). On a
+    /// follower: `None`, followers do not track each other.
+    pub matched: Option<u64>,
+}
 
 /// Why a membership change was not made.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +57,17 @@ pub enum MembershipError {
     /// The node is not a member.
     #[error("node {0} is not a member")]
     UnknownNode(u64),
+    /// The node is a member but not a voter (a learner cannot lead).
+    #[error("node {0} is not a voter")]
+    NotVoter(u64),
+    /// A leadership transfer found no other voter to hand over to.
+    #[error("no other voter to hand leadership to")]
+    NoOtherVoter,
+    /// A leadership transfer did not complete in time: `0` says which
+    /// step. Leadership may have moved anyway or stayed; the leader known
+    /// afterwards says which.
+    #[error("leadership transfer timed out: {0}")]
+    Timeout(String),
     /// openraft refused or failed the change.
     #[error("membership change failed: {0}")]
     Raft(String),
@@ -88,10 +135,46 @@ impl RaftNode {
     }
 
     /// openraft's metrics of this node (term, leader, log indexes,
-    /// membership, replication progress on the leader): a snapshot of the
-    /// latest values, for the admin API's cluster status.
-    pub fn raft_metrics(&self) -> openraft::RaftMetrics<u64, Member> {
+    /// purge point, snapshot, replication progress on the leader): a copy
+    /// of the latest values, for tests that wait on Raft's progress.
+    #[cfg(test)]
+    pub(crate) fn raft_metrics(&self) -> openraft::RaftMetrics<u64, Member> {
         self.raft.metrics().borrow().clone()
+    }
+
+    /// The cluster as this node sees it: its term, the leader, its log and
+    /// apply positions, and each member with, on the leader, how far its
+    /// log is known to match.
+    pub fn status(&self) -> ClusterStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let leading = m.current_leader == Some(self.id);
+        let members = membership
+            .nodes()
+            .map(|(id, member)| MemberStatus {
+                id: *id,
+                member: member.clone(),
+                voter: membership.voter_ids().any(|v| v == *id),
+                matched: match (leading, *id == self.id) {
+                    (true, true) => m.last_log_index,
+                    (true, false) => m
+                        .replication
+                        .as_ref()
+                        .and_then(|r| r.get(id).cloned().flatten())
+                        .map(|log_id| log_id.index),
+                    (false, _) => None,
+                },
+            })
+            .collect();
+        ClusterStatus {
+            id: self.id,
+            member: self.member.clone(),
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log_index: m.last_log_index,
+            applied_index: m.last_applied.map(|log_id| log_id.index),
+            members,
+        }
     }
 
     /// The leader as this node knows it.
@@ -102,7 +185,7 @@ impl RaftNode {
         Some((leader, member.clone()))
     }
 
-    fn check_leader(&self) -> Result<(), MembershipError> {
+    pub(super) fn check_leader(&self) -> Result<(), MembershipError> {
         match self.leader() {
             Some((id, _)) if id == self.id => Ok(()),
             leader => Err(MembershipError::NotLeader { leader }),

@@ -30,7 +30,16 @@ pub trait Forward: Send + Sync + 'static {
         request: Request,
         deadline: Instant,
     ) -> Forwarded;
+
+    /// Asks node `target` at `member` to start an election now (its
+    /// remote side calls [`RaftNode::campaign`](super::RaftNode::campaign)):
+    /// the last step of a leadership transfer. Resolves once the target
+    /// has started campaigning, not once it won. `deadline` bounds the call.
+    fn campaign(&self, target: u64, member: &Member, deadline: Instant) -> Campaigned;
 }
+
+/// The answer to a campaign request (see [`Forward::campaign`]).
+pub type Campaigned = Pin<Box<dyn Future<Output = Result<(), CommitError>> + Send>>;
 
 /// The network of a node with no peers (tests of a single node): calls
 /// fail as unreachable, which a one-member cluster never makes.
@@ -84,6 +93,12 @@ impl Forward for NoNetwork {
     fn forward(&self, leader: u64, _: &Member, _: Request, _: Instant) -> Forwarded {
         Box::pin(std::future::ready(Err(CommitError::Unavailable(format!(
             "node {leader} leads and this node has no network to reach it"
+        )))))
+    }
+
+    fn campaign(&self, target: u64, _: &Member, _: Instant) -> Campaigned {
+        Box::pin(std::future::ready(Err(CommitError::Unavailable(format!(
+            "this node has no network to reach node {target}"
         )))))
     }
 }

@@ -1,8 +1,11 @@
-//! The propose loop: group commit at the Raft level, with a deadline on
-//! every produce and byte bounds on the queue and on each entry.
+//! The propose loop: group commit at the Raft level, a few entries in
+//! flight, with a deadline on every produce and byte bounds on the queue
+//! and on each entry.
+
+use std::sync::Arc;
 
 use openraft::Raft;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, RwLock, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -75,22 +78,76 @@ pub(super) async fn wait_leader(
     }
 }
 
-/// Group commit at the Raft level. openraft 0.9 writes and flushes one
-/// append at a time, so one entry per request would cost one fsync per
-/// request. Instead, one entry is in flight at a time and every request
-/// that arrives meanwhile goes into the next entry, as a `Request::Batch`
-/// of at most [`MAX_BATCH`] requests and [`MAX_BATCH_BYTES`]. The entry is
-/// stamped with this (the leader's) clock. A proposal gives up at the
-/// latest deadline of its requests (a leader cut off from its quorum
-/// never answers); requests whose caller already gave up are not proposed.
+/// Entries the propose loop keeps in flight at once. With one, the
+/// leader's fsync, the round trip, the followers' fsync and the apply of
+/// one entry all happen before the next entry starts, which roughly
+/// halves a cluster's throughput; with a few, the next entry is written
+/// and sent while the previous one is being acknowledged. More than a few
+/// costs: every entry has a fixed cost, and more entries in flight mean
+/// smaller batches. Measured on three nodes in one process (the
+/// `measure_three_nodes` test, release, a busy 2-core machine) at 16 and
+/// 64 requests in flight: depth 1 gave 7.0k and 26.5k records/s (p99 9 ms),
+/// depth 2 7.6k and 25.9k, depth 4 8.4-9.4k and 28.5k (p99 3 ms), depth 8
+/// 5.9k and 12.0k.
+///
+/// A cluster of one voter keeps one entry in flight: there is no round
+/// trip to overlap, the log store's group commit already lets one fsync
+/// cover every entry written meanwhile, and more entries in flight only
+/// split the batches into more, smaller entries, each with its fixed cost
+/// (encode, write, apply, openraft's bookkeeping). Measured on one node,
+/// four in flight produced half the records per second of one at 16 and
+/// 64 requests in flight.
+pub(super) const MAX_IN_FLIGHT: usize = 4;
+
+/// Slots (of [`MAX_IN_FLIGHT`]) the next entry takes: one in a cluster of
+/// several voters, all of them with a single voter (one entry in flight).
+fn entry_weight(raft: &Raft<TypeConfig>) -> u32 {
+    let voters = raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .count();
+    if voters > 1 {
+        1
+    } else {
+        MAX_IN_FLIGHT as u32
+    }
+}
+
+/// Group commit at the Raft level, pipelined. openraft 0.9 writes and
+/// flushes one append at a time, so one entry per request would cost one
+/// fsync per request. Instead, up to [`MAX_IN_FLIGHT`] entries are in
+/// flight (one with a single voter), and every request that arrives while all of them are goes into
+/// the next entry, as a `Request::Batch` of at most [`MAX_BATCH`] requests
+/// and [`MAX_BATCH_BYTES`]. Entries are submitted one after the other with
+/// `client_write_ff`, which keeps submission order, so the queue's order is
+/// the log's. The entry is stamped with this (the leader's) clock. An
+/// entry gives up at the latest deadline of its requests (a leader cut off
+/// from its quorum never answers); requests whose caller already gave up
+/// are not proposed. Submitting takes `gate` shared: a leadership transfer
+/// holds it exclusively, so nothing new is proposed meanwhile (requests
+/// wait, up to their deadline).
 pub(super) async fn propose_loop(
     raft: Raft<TypeConfig>,
     id: u64,
     mut queue: mpsc::Receiver<Pending>,
+    gate: Arc<RwLock<()>>,
     stop: CancellationToken,
 ) {
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut carry: Option<Pending> = None;
     loop {
+        // A free slot first: requests arriving while every slot is taken
+        // wait in the queue and make the next entry.
+        let slot = tokio::select! {
+            _ = stop.cancelled() => return,
+            slot = Arc::clone(&slots).acquire_many_owned(entry_weight(&raft)) => match slot {
+                Ok(slot) => slot,
+                Err(_) => return,
+            },
+        };
         let first = match carry.take() {
             Some(first) => first,
             None => tokio::select! {
@@ -133,36 +190,71 @@ pub(super) async fn propose_loop(
             requests.push(request);
             replies.push(pending.reply);
         }
-        let write = async {
+        let submit = async {
+            let _open = gate.read().await;
             let (leader, member) = wait_leader(&raft, deadline).await?;
             if leader != id {
                 return Err(CommitError::Unavailable(format!(
                     "not the leader: {member} (node {leader}) leads"
                 )));
             }
-            raft.client_write(Request::Batch(requests))
+            raft.client_write_ff(Request::Batch(requests))
                 .await
                 .map_err(|e| CommitError::Unavailable(e.to_string()))
         };
-        let written = tokio::select! {
-            _ = stop.cancelled() => Err(CommitError::Unavailable("the node is shutting down".into())),
-            written = tokio::time::timeout_at(deadline, write) => {
-                written.unwrap_or_else(|_| Err(timed_out()))
+        let submitted = tokio::select! {
+            _ = stop.cancelled() => Err(shutting_down()),
+            submitted = tokio::time::timeout_at(deadline, submit) => {
+                submitted.unwrap_or_else(|_| Err(timed_out()))
             }
         };
-        let answers = match written.map(|w| w.data) {
-            Ok(Response::Batch(answers)) if answers.len() == replies.len() => {
-                answers.into_iter().map(Ok).collect()
+        let committed = match submitted {
+            Ok(committed) => committed,
+            Err(e) => {
+                answer(Err(e), replies);
+                continue;
             }
-            Ok(other) => {
-                let e = format!("unexpected reply {other:?}");
-                vec![Err(e); replies.len()]
-            }
-            Err(CommitError::Unavailable(e)) => vec![Err(e); replies.len()],
-            Err(other) => vec![Err(other.to_string()); replies.len()],
         };
-        for (reply, answer) in replies.into_iter().zip(answers) {
-            let _ = reply.send(answer.map_err(CommitError::Unavailable));
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let written = tokio::select! {
+                _ = stop.cancelled() => Err(shutting_down()),
+                written = tokio::time::timeout_at(deadline, committed) => match written {
+                    Err(_) => Err(timed_out()),
+                    Ok(Err(_)) => Err(stopped()),
+                    Ok(Ok(written)) => written
+                        .map(|w| w.data)
+                        .map_err(|e| CommitError::Unavailable(e.to_string())),
+                },
+            };
+            answer(written, replies);
+            drop(slot);
+        });
+    }
+}
+
+fn shutting_down() -> CommitError {
+    CommitError::Unavailable("the node is shutting down".into())
+}
+
+/// Sends each request of an entry its answer: its element of the entry's
+/// `Response::Batch`, or the entry's error.
+fn answer(
+    written: Result<Response, CommitError>,
+    replies: Vec<oneshot::Sender<Result<Response, CommitError>>>,
+) {
+    let answers = match written {
+        Ok(Response::Batch(answers)) if answers.len() == replies.len() => {
+            answers.into_iter().map(Ok).collect()
         }
+        Ok(other) => {
+            let e = format!("unexpected reply {other:?}");
+            vec![Err(e); replies.len()]
+        }
+        Err(CommitError::Unavailable(e)) => vec![Err(e); replies.len()],
+        Err(other) => vec![Err(other.to_string()); replies.len()],
+    };
+    for (reply, answer) in replies.into_iter().zip(answers) {
+        let _ = reply.send(answer.map_err(CommitError::Unavailable));
     }
 }

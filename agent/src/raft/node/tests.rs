@@ -23,6 +23,7 @@ fn settings(dir: &Path) -> NodeSettings {
         retention_age: None,
         produce_timeout: Duration::from_secs(5),
         max_producers: 100,
+        max_in_snapshot_log_to_keep: MAX_IN_SNAPSHOT_LOG_TO_KEEP,
     }
 }
 
