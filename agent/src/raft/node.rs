@@ -152,6 +152,9 @@ pub struct RaftNode {
 /// 128 MiB of records, or 16 such requests: the Raft transport's message
 /// limit must allow that plus framing.
 pub const MAX_PAYLOAD_ENTRIES: u64 = 16;
+/// How long one snapshot chunk may take, the install after the last one
+/// included (openraft's `install_snapshot_timeout`, in ms).
+const INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 60_000;
 impl RaftNode {
     /// Opens the stores and starts Raft, talking to peers through
     /// `network`. The node id is created on first start and persisted in
@@ -185,6 +188,10 @@ impl RaftNode {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_threshold),
             max_in_snapshot_log_to_keep: settings.max_in_snapshot_log_to_keep,
             max_payload_entries: MAX_PAYLOAD_ENTRIES,
+            // openraft's 200 ms default covers each snapshot chunk, and the
+            // last one includes the whole install on the follower (unpack
+            // and check the data log): seconds for a large snapshot.
+            install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT_MS,
             ..openraft::Config::default()
         }
         .validate()

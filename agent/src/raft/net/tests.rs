@@ -573,3 +573,34 @@ async fn a_follower_behind_the_purge_is_caught_up_by_a_snapshot_of_only_what_it_
     );
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_moves_to_the_named_node_over_the_peer_service() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let target = (0..3).find(|&i| i != leader).unwrap();
+    let mut c = cluster.client(leader, "root").await;
+    assert_eq!(c.produce("before").await.unwrap(), 0);
+    // Asked on a follower: the CLI would retry at the leader; the client
+    // call itself names the leader.
+    let refused = cluster
+        .client(target, "root")
+        .await
+        .transfer_leadership(Some(&format!("node{target}")))
+        .await;
+    assert!(proglog_client::leader_addr(refused.as_ref().unwrap_err()).is_some());
+    let new = c
+        .transfer_leadership(Some(&format!("node{target}")))
+        .await
+        .unwrap();
+    assert_eq!(new, cluster.agent(target).node().id());
+    assert_eq!(cluster.leader().await, target);
+    let mut c = cluster.client(target, "root").await;
+    assert_eq!(c.produce("after").await.unwrap(), 1);
+    for i in 0..3 {
+        cluster
+            .wait_records(i, &[b"before".to_vec(), b"after".to_vec()])
+            .await;
+    }
+    cluster.shutdown().await;
+}
