@@ -47,6 +47,24 @@ fn values(from: u64, to: u64) -> Vec<Vec<u8>> {
     (from..to).map(value).collect()
 }
 
+/// On a state machine from `leader_with_snapshot(_, 50)`: applies
+/// `batches` entries of 5 records each (from offset 50 on, entries 2..),
+/// then a `Retain` down to `lowest`.
+async fn apply_batches_then_retain(sm: &mut StateMachine, batches: u64, lowest: u64) {
+    for b in 0..batches {
+        let from = 50 + b * 5;
+        sm.apply(vec![entry(2 + b, append(values(from, from + 5)))])
+            .await
+            .unwrap();
+    }
+    sm.apply(vec![entry(
+        2 + batches,
+        EntryPayload::Normal(Request::Retain { lowest }),
+    )])
+    .await
+    .unwrap();
+}
+
 /// Reads `from..to` on a consumer's terms: waits on the watermark at the
 /// end of the log (as the server's ConsumeStream does), then reads.
 async fn consume(sm: StateMachine, mut from: u64, to: u64) -> Vec<Vec<u8>> {
@@ -384,20 +402,7 @@ async fn a_snapshot_read_while_the_data_log_rolls_and_retains_yields_its_frozen_
     // The data log appends past the frozen lengths, seals the active
     // segment (dropping its pre-written tail) and rolls many times, and
     // retention deletes the oldest segments.
-    for b in 0..40u64 {
-        let from = 50 + b * 5;
-        leader
-            .apply(vec![entry(2 + b, append(values(from, from + 5)))])
-            .await
-            .unwrap();
-    }
-    leader
-        .apply(vec![entry(
-            42,
-            EntryPayload::Normal(Request::Retain { lowest: 150 }),
-        )])
-        .await
-        .unwrap();
+    apply_batches_then_retain(&mut leader, 40, 150).await;
     assert!(leader.data().lowest_offset() > 0, "segments were deleted");
 
     // Read the way openraft sends it: seek to the end, then chunks by
@@ -663,20 +668,7 @@ async fn a_snapshot_in_transfer_survives_a_newer_snapshot_and_retention_removing
     // Meanwhile the node applies more, retention drops every record of
     // the old snapshot, and a newer snapshot replaces it (its directory,
     // and with it the old links, is removed).
-    for b in 0..20u64 {
-        let from = 50 + b * 5;
-        leader
-            .apply(vec![entry(2 + b, append(values(from, from + 5)))])
-            .await
-            .unwrap();
-    }
-    leader
-        .apply(vec![entry(
-            22,
-            EntryPayload::Normal(Request::Retain { lowest: 140 }),
-        )])
-        .await
-        .unwrap();
+    apply_batches_then_retain(&mut leader, 20, 140).await;
     leader
         .get_snapshot_builder()
         .await

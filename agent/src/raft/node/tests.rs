@@ -10,21 +10,7 @@ use super::*;
 use crate::log::{SegmentInfo, SyncPolicy};
 
 fn settings(dir: &Path) -> NodeSettings {
-    NodeSettings {
-        dir: dir.to_path_buf(),
-        member: Member::new("test", "127.0.0.1:1"),
-        log: LogConfig {
-            prealloc_bytes: 0,
-            ..LogConfig::default()
-        },
-        snapshot_threshold: 100_000,
-        snapshot_threshold_bytes: 0,
-        retention_bytes: 0,
-        retention_age: None,
-        produce_timeout: Duration::from_secs(5),
-        max_producers: 100,
-        max_in_snapshot_log_to_keep: MAX_IN_SNAPSHOT_LOG_TO_KEEP,
-    }
+    super::router::node_settings(dir, "test")
 }
 
 /// Starts and bootstraps a node; waits until it leads.
