@@ -86,12 +86,27 @@ impl RaftNode {
 
     /// Adds node `id` as a voter: first as a learner, which waits until it
     /// has caught up with the leader's log, then promoted. Adding a
-    /// current voter again is a no-op.
+    /// current voter again is a no-op, except that a changed name or
+    /// address replaces the recorded one.
     pub async fn add_voter(&self, id: u64, member: Member) -> Result<(), MembershipError> {
         let _one = self.membership_lock.lock().await;
         self.check_leader()?;
         let metrics = self.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
+        if let Some(known) = membership.get_node(&id).filter(|known| **known != member) {
+            // The same node (same id, same data) under a new name or
+            // address, e.g. restarted on another host: the address peers
+            // dial must follow it. Safe because the id and its log are the
+            // same node's (openraft's "update node").
+            info!(node_id = id, old = %known, new = %member, "updating a member's address");
+            self.raft
+                .change_membership(
+                    ChangeMembers::SetNodes([(id, member.clone())].into()),
+                    false,
+                )
+                .await
+                .map_err(|e| MembershipError::Raft(e.to_string()))?;
+        }
         if membership.voter_ids().any(|v| v == id) {
             return Ok(());
         }

@@ -590,3 +590,28 @@ async fn g_a_transfer_to_an_unreachable_voter_fails_and_the_leader_keeps_leading
     })
     .await;
 }
+
+#[tokio::test]
+async fn adding_a_member_again_under_a_new_address_updates_it() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let cluster = Cluster::start(3, |s| s).await;
+        let leader = cluster.nodes[&1].clone();
+        let moved = Member::new("n3", "n3-new-host:1");
+        leader.add_voter(3, moved.clone()).await.unwrap();
+        for node in cluster.nodes.values() {
+            super::router::eventually("every node to record the new address", || {
+                node.status()
+                    .members
+                    .iter()
+                    .any(|m| m.id == 3 && m.member == moved && m.voter)
+            })
+            .await;
+        }
+        // Adding it again as it is now changes nothing.
+        leader.add_voter(3, moved).await.unwrap();
+        assert_eq!(leader.status().members.len(), 3);
+        cluster.shutdown().await;
+    })
+    .await
+    .expect("within the test's deadline");
+}
