@@ -2,8 +2,10 @@
 //!
 //! [`Client`] talks `log.v1.Log`, and the operator API
 //! `proglog.admin.v1.Admin`, to one agent over TCP (mutual TLS, or
-//! plaintext for `--dev` agents) or over the agent's Unix socket. The
-//! leader-aware resolver and picker build on it later.
+//! plaintext for `--dev` agents) or over the agent's Unix socket.
+//! [`ClusterClient`] (module [`cluster`]) is the leader-aware client of a
+//! whole cluster: writes to the leader, reads spread over followers,
+//! retries across a leader change without appending twice.
 
 use std::path::{Path, PathBuf};
 
@@ -19,6 +21,9 @@ use proglog_proto::{
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+pub mod cluster;
+
+pub use cluster::{ClusterClient, ClusterConfig};
 pub use proglog_proto as proto;
 
 /// Everything a client call can fail with.
