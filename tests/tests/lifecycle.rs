@@ -99,7 +99,7 @@ fn sigterm_of_the_leader_hands_leadership_on_and_a_restart_rejoins_as_a_voter() 
 }
 
 #[test]
-fn sigterm_with_leave_on_terminate_removes_a_follower_from_the_membership() {
+fn sigterm_with_leave_on_terminate_removes_a_follower_and_a_second_signal_exits_at_once() {
     let mut cluster = ProcessCluster::start(3, &["--leave-on-terminate"]);
     let leader = cluster.leader();
     let follower = (0..3).find(|&i| i != leader).unwrap();
@@ -117,6 +117,29 @@ fn sigterm_with_leave_on_terminate_removes_a_follower_from_the_membership() {
     // The two left still commit (a quorum of two, not of three).
     let offsets = cluster.produce(leader, &values("after-leave", 3));
     assert_eq!(offsets.len(), 3);
+
+    // A second signal does not wait for a slow stop: with the other node
+    // frozen, the leader's hand-off would wait out its 10 s bound.
+    let other = (0..3).find(|&i| i != leader && i != follower).unwrap();
+    cluster.procs[other].as_ref().unwrap().signal("STOP");
+    let agent = cluster.procs[leader].as_mut().unwrap();
+    agent.signal("TERM");
+    eventually(
+        "the leader to start its hand-off",
+        Duration::from_secs(10),
+        || agent.stderr().contains("handing leadership").then_some(()),
+    );
+    let second = Instant::now();
+    agent.signal("TERM");
+    let status = agent.wait_exit(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(1), "{}", agent.stderr());
+    assert!(
+        agent.stderr().contains("second signal"),
+        "{}",
+        agent.stderr()
+    );
+    assert!(second.elapsed() < Duration::from_secs(5));
+    cluster.procs[other].as_ref().unwrap().signal("CONT");
 }
 
 #[test]
