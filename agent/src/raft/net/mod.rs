@@ -151,10 +151,13 @@ pub async fn leave_cluster(
 ) -> Result<(), String> {
     loop {
         let left = match node.leader() {
-            Some((leader, _)) if leader == node.id() => match node.remove_member(node.id()).await {
-                Ok(()) | Err(MembershipError::UnknownNode(_)) => Ok(()),
-                Err(e) => Err(e.to_string()),
-            },
+            Some((leader, _)) if leader == node.id() => {
+                match tokio::time::timeout_at(deadline, node.remove_member(node.id())).await {
+                    Ok(Ok(()) | Err(MembershipError::UnknownNode(_))) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("removing this leader timed out".to_string()),
+                }
+            }
             Some((_, member)) => {
                 let wait = deadline
                     .saturating_duration_since(Instant::now())
