@@ -1,5 +1,11 @@
 //! [`Agent`]: wires the Raft node, the gRPC service, the transports and hot
 //! reload; starts them in order and shuts them down in reverse.
+//!
+//! A node started with `bootstrap` and no Raft state first asks its
+//! `start_join_addrs` whether they belong to a cluster, and refuses to
+//! found a second one ([`AgentError::ClusterExists`]). The stop on SIGTERM
+//! is [`Agent::terminate`]: hand leadership on, leave the membership if
+//! `leave_on_terminate`, then [`Agent::shutdown`].
 
 use std::fs::File;
 use std::net::SocketAddr;
@@ -26,7 +32,9 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::log::fs::{FileSystem, RealFs};
 use crate::log::{LogConfig, LogError};
-use crate::raft::net::{join_loop, PeerNetwork, RaftService, MAX_MESSAGE_BYTES};
+use crate::raft::net::{
+    existing_cluster, join_loop, leave_cluster, PeerNetwork, RaftService, MAX_MESSAGE_BYTES,
+};
 use crate::raft::node::NoNetwork;
 use crate::raft::{Member, NodeError, NodeSettings, RaftNode};
 use crate::server::auth::{AclError, Authorizer};
@@ -38,6 +46,15 @@ use crate::transport::{PlainTcp, RaftRoute, TlsTcp, Transport, Unix};
 const MESSAGE_SLACK: usize = 64 << 20;
 /// How long shutdown waits for streams and calls to finish.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a stopping leader may take to hand leadership on (the
+/// transfer's own bound is 10 s) before it stops anyway.
+const HANDOFF_DEADLINE: Duration = Duration::from_secs(12);
+/// How long a stopping node may take to leave the membership
+/// (`leave_on_terminate`) before it stops anyway, still a member.
+const LEAVE_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a node about to bootstrap waits for its `start_join_addrs` to
+/// say whether they belong to a cluster.
+const CLUSTER_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +71,22 @@ pub enum AgentError {
     /// The ACL files were unusable.
     #[error(transparent)]
     Acl(#[from] AclError),
+    /// `bootstrap` on a node with no Raft state, while a node it lists in
+    /// `start_join_addrs` belongs to a cluster: bootstrapping would found a
+    /// second cluster. A usage error (exit code 2).
+    #[error(
+        "a cluster exists: {addr} is a member of cluster {cluster_id}{leader}; refusing \
+         --bootstrap on a node with no Raft state, which would start a second cluster \
+         (start this node without --bootstrap to join the existing one)"
+    )]
+    ClusterExists {
+        /// The `start_join_addrs` entry that answered.
+        addr: String,
+        /// Its cluster id (0 if its join is still in progress).
+        cluster_id: u64,
+        /// ", led by NAME at ADDR", or empty if it knows no leader.
+        leader: String,
+    },
     /// Binding or another I/O step failed.
     #[error("{what}: {source}")]
     Io {
@@ -166,6 +199,14 @@ impl Agent {
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
         let max_record_bytes = Arc::new(AtomicU64::new(config.max_record_bytes));
+        if config.bootstrap && !config.start_join_addrs.is_empty() {
+            if let Some(network) = &network {
+                if let Err(e) = refuse_second_cluster(&node, network, &config).await {
+                    let _ = node.shutdown().await;
+                    return Err(e);
+                }
+            }
+        }
         if config.bootstrap || config.dev {
             node.bootstrap().await?;
         }
@@ -360,6 +401,7 @@ impl Agent {
         applied.peer_tls_key_file = new.peer_tls_key_file.clone();
         applied.peer_tls_ca_file = new.peer_tls_ca_file.clone();
         applied.peer_names = new.peer_names.clone();
+        applied.leave_on_terminate = new.leave_on_terminate;
         let restart_only = new.data_dir != old.data_dir
             || new.rpc_port != old.rpc_port
             || new.bind_addr != old.bind_addr
@@ -397,6 +439,61 @@ impl Agent {
         .collect()
     }
 
+    /// The stop on SIGTERM (DESIGN.md "Lifecycle"): a leader first hands
+    /// leadership to the most caught-up follower (bounded; a failure is
+    /// logged and the stop goes on); with `leave_on_terminate` the node
+    /// then has itself removed from the membership (else it stays a
+    /// member, and a restart with the same command line rejoins at once);
+    /// then [`Agent::shutdown`] drains, syncs and closes.
+    pub async fn terminate(self) -> Result<(), LogError> {
+        self.hand_off().await;
+        if self.config.load().leave_on_terminate {
+            self.leave().await;
+        }
+        self.shutdown().await
+    }
+
+    /// On the leader of a cluster with other voters: hands leadership to
+    /// the most caught-up one, within [`HANDOFF_DEADLINE`].
+    async fn hand_off(&self) {
+        let status = self.node.status();
+        let others = status.members.iter().any(|m| m.voter && m.id != status.id);
+        if status.leader != Some(status.id) || !others {
+            return;
+        }
+        info!("stopping the leader: handing leadership to the most caught-up follower");
+        match tokio::time::timeout(HANDOFF_DEADLINE, self.node.transfer_leadership(None)).await {
+            Ok(Ok(to)) => info!(node_id = to, "leadership handed over"),
+            Ok(Err(e)) => warn!(error = %e, "leadership hand-off failed; stopping anyway"),
+            Err(_) => warn!("leadership hand-off timed out; stopping anyway"),
+        }
+    }
+
+    /// Has this node removed from the membership, within
+    /// [`LEAVE_DEADLINE`]. The last voter stays (a cluster of none cannot
+    /// be); a failure is logged and the node stops a member.
+    async fn leave(&self) {
+        let Some(network) = &self.network else {
+            return;
+        };
+        let status = self.node.status();
+        if !status.members.iter().any(|m| m.id == status.id) {
+            info!("not a member; nothing to leave");
+            return;
+        }
+        if !status.members.iter().any(|m| m.voter && m.id != status.id) {
+            warn!("the only voter does not leave its cluster; stopping as a member");
+            return;
+        }
+        info!("leaving the cluster (leave_on_terminate)");
+        self.node.stop_campaigning();
+        let deadline = tokio::time::Instant::now() + LEAVE_DEADLINE;
+        match leave_cluster(&self.node, network, deadline).await {
+            Ok(()) => info!("left the cluster"),
+            Err(e) => warn!(error = %e, "leaving the cluster failed; stopping as a member"),
+        }
+    }
+
     /// Stops accepting, ends streams, waits for calls to drain (bounded),
     /// then syncs and closes the log.
     pub async fn shutdown(self) -> Result<(), LogError> {
@@ -412,6 +509,45 @@ impl Agent {
         self.node.shutdown().await?;
         info!("raft stopped; log closed");
         Ok(())
+    }
+}
+
+/// Before `node` bootstraps: if it has no Raft state, asks the
+/// `start_join_addrs` whether one belongs to a cluster, and refuses if so
+/// (bootstrapping would found a second cluster). Seeds that do not answer
+/// within [`CLUSTER_PROBE_TIMEOUT`] count as none: the first start of a
+/// bootstrap node, before the others are up.
+async fn refuse_second_cluster(
+    node: &RaftNode,
+    network: &PeerNetwork,
+    config: &Config,
+) -> Result<(), AgentError> {
+    if node.initialized().await? {
+        return Ok(());
+    }
+    let own = node.member().rpc_addr.clone();
+    let found = existing_cluster(
+        network,
+        &config.start_join_addrs,
+        &own,
+        CLUSTER_PROBE_TIMEOUT,
+    )
+    .await;
+    match found {
+        None => Ok(()),
+        Some((addr, info)) => {
+            let leader = if info.leader_id == 0 {
+                String::new()
+            } else {
+                format!(", led by {} at {}", info.leader_name, info.leader_addr)
+            };
+            error!(%addr, cluster_id = info.cluster_id, "refusing to bootstrap a second cluster");
+            Err(AgentError::ClusterExists {
+                addr,
+                cluster_id: info.cluster_id,
+                leader,
+            })
+        }
     }
 }
 

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod log;
 pub mod raft;
+pub mod sd_notify;
 pub mod server;
 pub mod transport;
 pub mod units;

@@ -14,9 +14,9 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Layer};
 
-use proglog_agent::agent::{Agent, LogLevelHook};
+use proglog_agent::agent::{Agent, AgentError, LogLevelHook};
 use proglog_agent::config::{AgentFlags, Config, LogFormat};
-use proglog_agent::{bench, certs, cli};
+use proglog_agent::{bench, certs, cli, sd_notify};
 
 #[derive(Debug, Parser)]
 #[command(name = "proglog", version, about = "A replicated, durable commit log")]
@@ -244,7 +244,14 @@ fn run_agent(flags: AgentFlags) -> ExitCode {
         .enable_all()
         .build()
         .expect("building a tokio runtime");
-    report("agent", runtime.block_on(agent_main(flags, config, hook)))
+    match runtime.block_on(agent_main(flags, config, hook)) {
+        // Refusing to found a second cluster is a usage error.
+        Err(e) if matches!(e.downcast_ref(), Some(AgentError::ClusterExists { .. })) => {
+            eprintln!("proglog agent: {e}");
+            ExitCode::from(2)
+        }
+        result => report("agent", result),
+    }
 }
 
 async fn agent_main(flags: AgentFlags, config: Config, hook: LogLevelHook) -> anyhow::Result<()> {
@@ -252,6 +259,9 @@ async fn agent_main(flags: AgentFlags, config: Config, hook: LogLevelHook) -> an
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     let agent = Agent::start(config, Some(hook)).await?;
+    // Serving (a leader need not be known: a cluster cold-starts under
+    // systemd's Type=notify).
+    notify("READY=1");
 
     // Watch the directories of the reloadable files: tools replace files
     // by rename, which a watch on the file itself would miss.
@@ -312,8 +322,17 @@ async fn agent_main(flags: AgentFlags, config: Config, hook: LogLevelHook) -> an
         eprintln!("proglog agent: second signal, exiting now");
         std::process::exit(1);
     });
-    agent.shutdown().await?;
+    notify("STOPPING=1");
+    agent.terminate().await?;
     Ok(())
+}
+
+/// Tells systemd `state` if it asked (`$NOTIFY_SOCKET`); a failure is
+/// logged, never fatal.
+fn notify(state: &str) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!(error = %e, state, "sd_notify failed");
+    }
 }
 
 async fn reload(agent: &Agent, flags: &AgentFlags) {

@@ -181,9 +181,16 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Starts `proglog <args>` with stderr to `log`.
     pub fn start(args: &[String], log: PathBuf) -> AgentProcess {
+        AgentProcess::start_with_env(args, log, &[])
+    }
+
+    /// [`AgentProcess::start`] with extra environment variables (such as
+    /// `NOTIFY_SOCKET`).
+    pub fn start_with_env(args: &[String], log: PathBuf, env: &[(&str, &str)]) -> AgentProcess {
         let stderr = std::fs::File::create(&log).unwrap();
         let child = Command::new(proglog_bin())
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
@@ -259,13 +266,7 @@ impl ProcessCluster {
     /// Starts `n` nodes with `extra` flags each and waits until every node
     /// lists `n` servers and a leader.
     pub fn start(n: usize, extra: &[&str]) -> ProcessCluster {
-        let mut cluster = ProcessCluster {
-            fx: Fixture::new(),
-            ports: (0..n).map(|_| free_port()).collect(),
-            procs: (0..n).map(|_| None).collect(),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            starts: 0,
-        };
+        let mut cluster = ProcessCluster::new(n, extra);
         for i in 0..n {
             cluster.start_node(i);
         }
@@ -273,6 +274,42 @@ impl ProcessCluster {
             cluster.wait_servers(i, n);
         }
         cluster
+    }
+
+    /// A cluster of `n` nodes with `extra` flags each, none running yet
+    /// (start them with [`ProcessCluster::start_node`] or
+    /// [`ProcessCluster::spawn_node`]).
+    pub fn new(n: usize, extra: &[&str]) -> ProcessCluster {
+        ProcessCluster {
+            fx: Fixture::new(),
+            ports: (0..n).map(|_| free_port()).collect(),
+            procs: (0..n).map(|_| None).collect(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            starts: 0,
+        }
+    }
+
+    /// Starts node `i` with `args` (stderr to a new log file) without
+    /// waiting for it to serve.
+    pub fn spawn_with(&mut self, i: usize, args: &[String]) -> &mut AgentProcess {
+        self.starts += 1;
+        let log = self.fx.path(&format!("node{i}.{}.log", self.starts));
+        self.procs[i].insert(AgentProcess::start(args, log))
+    }
+
+    /// Starts node `i` on its data dir without waiting for it to serve.
+    pub fn spawn_node(&mut self, i: usize) {
+        let args = self.args(i);
+        self.spawn_with(i, &args);
+    }
+
+    /// Sends SIGTERM to node `i` and waits (bounded) until it exits;
+    /// returns its exit status and stderr.
+    pub fn terminate(&mut self, i: usize) -> (ExitStatus, String) {
+        let mut agent = self.procs[i].take().expect("node is running");
+        agent.signal("TERM");
+        let status = agent.wait_exit(Duration::from_secs(60));
+        (status, agent.stderr())
     }
 
     /// `proglog agent` flags of node `i`.
@@ -291,11 +328,12 @@ impl ProcessCluster {
     /// Starts (or restarts) node `i` on its data dir and waits until it
     /// serves.
     pub fn start_node(&mut self, i: usize) {
-        self.starts += 1;
-        let log = self.fx.path(&format!("node{i}.{}.log", self.starts));
-        let mut agent = AgentProcess::start(&self.args(i), log);
-        agent.wait_ready(&self.conn(i));
-        self.procs[i] = Some(agent);
+        let conn = self.conn(i);
+        self.spawn_node(i);
+        self.procs[i]
+            .as_mut()
+            .expect("just spawned")
+            .wait_ready(&conn);
     }
 
     /// Client flags (user `root`) for node `i`.

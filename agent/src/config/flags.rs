@@ -49,6 +49,11 @@ pub struct AgentFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub dev: bool,
+    /// On SIGTERM, leave the cluster's membership (default: stay a member,
+    /// so a restart rejoins at once).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub leave_on_terminate: bool,
     /// Casbin model file.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -75,6 +75,9 @@ pub struct Config {
     pub start_join_addrs: Vec<String>,
     /// No TLS, no ACL, 127.0.0.1 only: for development.
     pub dev: bool,
+    /// On SIGTERM, leave the Raft membership (after handing leadership
+    /// on) instead of staying a member that a restart brings back.
+    pub leave_on_terminate: bool,
     /// Casbin model file.
     pub acl_model_file: Option<PathBuf>,
     /// Casbin policy file.
@@ -144,6 +147,7 @@ impl Default for Config {
             bootstrap: false,
             start_join_addrs: Vec::new(),
             dev: false,
+            leave_on_terminate: false,
             acl_model_file: None,
             acl_policy_file: None,
             server_tls_cert_file: None,

@@ -19,8 +19,9 @@ use openraft::raft::{
 };
 use proglog_proto::raft::raft_client::RaftClient;
 use proglog_proto::raft::{
-    snapshot_chunk_reply, CampaignRequest, ForwardRequest, JoinRequest, JoinResponse, Payload,
-    SnapshotChunk, SnapshotInventoryRequest,
+    snapshot_chunk_reply, CampaignRequest, ClusterInfoRequest, ClusterInfoResponse, ForwardRequest,
+    JoinRequest, JoinResponse, LeaveRequest, LeaveResponse, Payload, SnapshotChunk,
+    SnapshotInventoryRequest,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -154,6 +155,36 @@ impl PeerNetwork {
         let answer = tokio::time::timeout(timeout, self.client(addr)?.join(request)).await;
         Ok(answer
             .map_err(|_| Status::deadline_exceeded("join timed out"))??
+            .into_inner())
+    }
+
+    /// Asks the member at `addr` (the leader, or a node that passes it on)
+    /// to remove node `req.node_id` from the cluster.
+    pub async fn leave(
+        &self,
+        addr: &str,
+        req: LeaveRequest,
+        timeout: Duration,
+    ) -> Result<LeaveResponse, Status> {
+        let mut request = tonic::Request::new(req);
+        request.set_timeout(timeout);
+        let answer = tokio::time::timeout(timeout, self.client(addr)?.leave(request)).await;
+        Ok(answer
+            .map_err(|_| Status::deadline_exceeded("leave timed out"))??
+            .into_inner())
+    }
+
+    /// Asks the node at `addr` which cluster it belongs to.
+    pub async fn cluster_info(
+        &self,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<ClusterInfoResponse, Status> {
+        let mut request = tonic::Request::new(ClusterInfoRequest {});
+        request.set_timeout(timeout);
+        let answer = tokio::time::timeout(timeout, self.client(addr)?.cluster_info(request)).await;
+        Ok(answer
+            .map_err(|_| Status::deadline_exceeded("cluster info timed out"))??
             .into_inner())
     }
 

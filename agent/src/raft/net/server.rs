@@ -5,9 +5,10 @@
 
 use proglog_proto::raft::raft_server::Raft as RaftRpc;
 use proglog_proto::raft::{
-    snapshot_chunk_reply, CampaignRequest, CampaignResponse, ForwardRequest, ForwardResponse,
-    JoinRequest, JoinResponse, Payload, SnapshotChunk, SnapshotChunkReply,
-    SnapshotInventoryRequest, SnapshotInventoryResponse, StoreFile,
+    snapshot_chunk_reply, CampaignRequest, CampaignResponse, ClusterInfoRequest,
+    ClusterInfoResponse, ForwardRequest, ForwardResponse, JoinRequest, JoinResponse, LeaveRequest,
+    LeaveResponse, Payload, SnapshotChunk, SnapshotChunkReply, SnapshotInventoryRequest,
+    SnapshotInventoryResponse, StoreFile,
 };
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
@@ -15,7 +16,8 @@ use tracing::{info, warn};
 
 use super::client::PeerNetwork;
 use super::delta::{self, DeltaError, StoreFiles};
-use super::{JOIN_TIMEOUT, MAX_MESSAGE_BYTES};
+use super::{JOIN_TIMEOUT, LEAVE_TIMEOUT, MAX_MESSAGE_BYTES};
+use crate::raft::node::MembershipError;
 use crate::raft::snapshot::store_name;
 use crate::raft::{codec, Member, RaftNode};
 
@@ -191,5 +193,49 @@ impl RaftRpc for RaftService {
     ) -> Result<Response<CampaignResponse>, Status> {
         self.node.campaign().await?;
         Ok(Response::new(CampaignResponse {}))
+    }
+
+    /// Removes the asking node from the membership: on the leader (even
+    /// itself, which then steps down), or passed on to the leader. A node
+    /// that is not a member has left already: that is a success.
+    async fn leave(&self, req: Request<LeaveRequest>) -> Result<Response<LeaveResponse>, Status> {
+        let req = req.into_inner();
+        match self.node.leader() {
+            Some((leader, _)) if leader == self.node.id() => {}
+            Some((_, member)) => {
+                return self
+                    .network
+                    .leave(&member.rpc_addr, req, LEAVE_TIMEOUT)
+                    .await
+                    .map(Response::new)
+            }
+            None => return Err(Status::unavailable("no leader known yet")),
+        }
+        info!(node_id = req.node_id, "leave requested");
+        match self.node.remove_member(req.node_id).await {
+            Ok(()) | Err(MembershipError::UnknownNode(_)) => Ok(Response::new(LeaveResponse {})),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The cluster this node belongs to, if any, and the leader it knows.
+    async fn cluster_info(
+        &self,
+        _req: Request<ClusterInfoRequest>,
+    ) -> Result<Response<ClusterInfoResponse>, Status> {
+        let initialized = self
+            .node
+            .raft()
+            .is_initialized()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let (leader_id, leader) = self.node.leader().unwrap_or_default();
+        Ok(Response::new(ClusterInfoResponse {
+            cluster_id: self.node.cluster_id().unwrap_or(0),
+            initialized,
+            leader_id,
+            leader_name: leader.name,
+            leader_addr: leader.rpc_addr,
+        }))
     }
 }

@@ -604,3 +604,31 @@ async fn leadership_moves_to_the_named_node_over_the_peer_service() {
     }
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminate_of_the_leader_hands_leadership_on_then_leaves_with_leave_on_terminate() {
+    let mut cluster = Cluster::start_with(3, |c| Config {
+        leave_on_terminate: true,
+        ..c
+    })
+    .await;
+    let leader = cluster.leader().await;
+    let old = cluster.agent(leader).node().id();
+    let agent = cluster.agents[leader].take().unwrap();
+    agent.terminate().await.unwrap();
+    // By the time terminate returns, a survivor leads (the hand-off, not
+    // an election after a timeout) and has removed the old leader.
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let leaders: Vec<Option<u64>> = survivors
+        .iter()
+        .map(|&i| cluster.agent(i).node().status().leader)
+        .collect();
+    assert!(
+        leaders.iter().any(|l| l.is_some_and(|l| l != old)),
+        "a survivor leads at once: {leaders:?}"
+    );
+    for &i in &survivors {
+        cluster.wait_members(i, 2).await;
+    }
+    cluster.shutdown().await;
+}

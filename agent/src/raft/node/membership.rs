@@ -8,7 +8,7 @@ use openraft::ChangeMembers;
 use tracing::info;
 
 use super::super::Member;
-use super::RaftNode;
+use super::{NodeError, RaftNode};
 
 /// The cluster as one node sees it (the admin ClusterStatus call).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,6 +147,22 @@ impl RaftNode {
                 .map_err(|e| MembershipError::Raft(e.to_string()))?;
         }
         Ok(())
+    }
+
+    /// Whether this node has Raft state (it bootstrapped or was added to
+    /// a cluster): then `bootstrap` is a no-op.
+    pub async fn initialized(&self) -> Result<bool, NodeError> {
+        self.raft
+            .is_initialized()
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))
+    }
+
+    /// Stops this node from starting elections. A node leaving the
+    /// cluster stops hearing from the leader once it is removed: it must
+    /// not campaign (with a higher term) while it shuts down.
+    pub fn stop_campaigning(&self) {
+        self.raft.runtime_config().elect(false);
     }
 
     /// openraft's metrics of this node (term, leader, log indexes,
