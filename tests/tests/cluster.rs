@@ -45,3 +45,52 @@ fn a_cluster_formed_by_flags_keeps_acked_records_across_a_leader_sigkill() {
     cluster.wait_records(leader, &acked);
     cluster.wait_servers(leader, 3);
 }
+
+#[test]
+fn a_client_with_one_seed_rides_out_a_leader_sigkill_without_appending_twice() {
+    use proglog_client::{ClusterClient, ClusterConfig, Tls};
+    let mut cluster = ProcessCluster::start(3, &["--produce-timeout", "5s"]);
+    let leader = cluster.leader();
+    let seed = (0..3).find(|&i| i != leader).unwrap();
+    let certs = cluster.fx.path("certs");
+    let tls = Tls::from_files(
+        &certs.join("ca.pem"),
+        &certs.join("root-client.pem"),
+        &certs.join("root-client-key.pem"),
+    )
+    .unwrap();
+    let config = ClusterConfig::new(
+        vec![format!("127.0.0.1:{}", cluster.ports[seed])],
+        Some(tls),
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let acked: Vec<(u64, String)> = runtime.block_on(async {
+        let client = ClusterClient::connect(config).await.unwrap();
+        let mut acked = Vec::new();
+        for i in 0..1000 {
+            if i == 300 {
+                // The test kills the leader and does nothing else about it.
+                cluster.kill9(leader);
+            }
+            let value = format!("record-{i}");
+            let offset = client.produce(value.clone()).await.unwrap();
+            acked.push((offset, value));
+        }
+        acked
+    });
+    let offsets: Vec<u64> = acked.iter().map(|a| a.0).collect();
+    assert_eq!(
+        offsets,
+        (0..1000).collect::<Vec<u64>>(),
+        "dense, unique, in order"
+    );
+    for i in (0..3).filter(|&i| i != leader) {
+        cluster.wait_records(i, &acked);
+        // Nothing beyond the acked records: no retry was appended twice.
+        let out = proglog_tests::client("consume", &cluster.conn(i), &["--from", "1000"], "");
+        assert!(
+            out.stdout.is_empty(),
+            "node{i} holds more than 1000 records"
+        );
+    }
+}
