@@ -12,18 +12,45 @@
 //! is not possible, a new call is a new record). The servers remember the
 //! last 32 sequences of a producer: keep fewer calls than that in flight
 //! on one client, or a late retry can be refused as too old.
+//!
+//! ```no_run
+//! use proglog_client::{ClusterClient, ClusterConfig, Tls};
+//! use tokio_stream::StreamExt;
+//!
+//! # async fn example() -> proglog_client::Result<()> {
+//! let tls = Tls::from_files(
+//!     "certs/ca.pem".as_ref(),
+//!     "certs/root-client.pem".as_ref(),
+//!     "certs/root-client-key.pem".as_ref(),
+//! )?;
+//! let seeds = vec!["10.0.0.1:8400".to_string()];
+//! let client = ClusterClient::connect(ClusterConfig::new(seeds, Some(tls))).await?;
+//! let offset = client.produce("hello").await?; // to the leader, exactly once
+//! assert_eq!(client.consume(offset).await?, b"hello"); // from a follower
+//! let mut records = client.consume_stream(0); // resumes across failovers
+//! while let Some((offset, value)) = records.next().await.transpose()? {
+//!     println!("{offset}: {}", String::from_utf8_lossy(&value));
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use proglog_proto::{ProduceBatchRequest, ProduceRequest, Record, Server};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::transport::channel::Change;
+use tonic::transport::Channel;
 use tonic::Code;
 
-use crate::{Client, Error, Result, Target, Tls};
+use crate::{endpoint, Client, Error, Result, Target, Tls};
 
 /// How to reach a cluster.
 #[derive(Debug, Clone)]
@@ -54,6 +81,8 @@ impl ClusterConfig {
 /// The first and the longest wait between retries.
 const BACKOFF_FIRST: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// How long a balanced channel's check of a server may take.
+const REACHABLE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A leader-aware client of a cluster. Cheap to clone; clones share the
 /// server list, the connections and the producer identity.
@@ -196,6 +225,20 @@ impl ClusterClient {
             .clone())
     }
 
+    /// Whether the agent at `addr` answers GetServers within a second.
+    async fn reachable(&self, addr: &str) -> bool {
+        let answered = match self.conn(addr).await {
+            Ok(mut c) => tokio::time::timeout(REACHABLE_TIMEOUT, c.servers())
+                .await
+                .is_ok_and(|r| r.is_ok()),
+            Err(_) => false,
+        };
+        if !answered {
+            self.forget(addr);
+        }
+        answered
+    }
+
     fn forget(&self, addr: &str) {
         self.inner
             .state
@@ -325,6 +368,148 @@ impl ClusterClient {
     }
 }
 
+/// Which servers a [`ClusterClient::channel`] balances over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The leader only (writes).
+    Leader,
+    /// The followers, or the leader when there is none (reads).
+    Readers,
+}
+
+/// The addresses of the servers that play `role`.
+pub fn addresses(servers: &[Server], role: Role) -> BTreeSet<String> {
+    let leader = pick_leader(servers).map(str::to_string);
+    match role {
+        Role::Leader => leader.into_iter().collect(),
+        Role::Readers => {
+            let followers: BTreeSet<String> = servers
+                .iter()
+                .filter(|s| !s.is_leader)
+                .map(|s| s.rpc_addr.clone())
+                .collect();
+            if followers.is_empty() {
+                leader.into_iter().collect()
+            } else {
+                followers
+            }
+        }
+    }
+}
+
+impl ClusterClient {
+    /// Streams records from `offset` on from a reader (a follower, or the
+    /// leader alone), following new ones. When the server goes away or
+    /// loses its leader the stream moves to another reader and resumes at
+    /// the next offset, so no record is skipped or repeated; it ends with
+    /// the first error that is not such a change (or one that outlasts the
+    /// deadline), or when dropped.
+    pub fn consume_stream(
+        &self,
+        offset: u64,
+    ) -> impl Stream<Item = Result<(u64, Vec<u8>)>> + Send + Unpin + use<> {
+        let (tx, rx) = mpsc::channel(256);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut next = offset;
+            let mut wait = BACKOFF_FIRST;
+            let mut failing_since: Option<Instant> = None;
+            loop {
+                let turn = this.inner.turn.fetch_add(1, Ordering::Relaxed);
+                let opened = match pick_reader(&this.servers(), turn).map(str::to_string) {
+                    Some(addr) => match this.conn(&addr).await {
+                        Ok(mut c) => c.consume_stream(next).await,
+                        Err(e) => Err(e),
+                    },
+                    None => Err(tonic::Status::unavailable("no server known").into()),
+                };
+                let failure = match opened {
+                    Ok(mut stream) => loop {
+                        tokio::select! {
+                            _ = tx.closed() => return,
+                            item = stream.next() => match item {
+                                Some(Ok((o, value))) => {
+                                    failing_since = None;
+                                    wait = BACKOFF_FIRST;
+                                    next = o + 1;
+                                    if tx.send(Ok((o, value))).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                Some(Err(e)) => break e,
+                                None => break tonic::Status::unavailable("the server ended the stream").into(),
+                            },
+                        }
+                    },
+                    Err(e) => e,
+                };
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if !retryable(&failure) || since.elapsed() >= this.inner.config.deadline {
+                    let _ = tx.send(Err(failure)).await;
+                    return;
+                }
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(BACKOFF_MAX);
+                let _ = this.refresh().await;
+            }
+        });
+        ReceiverStream::new(rx)
+    }
+
+    /// A plain tonic `Channel` balanced over the servers that play `role`,
+    /// kept current from GetServers every `refresh` interval (it feeds the
+    /// channel tonic's discovery changes, inserts and removals; a server
+    /// that does not answer is left out until it does): for apps that call
+    /// the generated clients directly. The list task ends when the channel is dropped.
+    pub fn channel(&self, role: Role) -> Channel {
+        let (channel, changes) = Channel::balance_channel::<String>(64);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut current: BTreeSet<String> = BTreeSet::new();
+            loop {
+                let servers = match this.refresh().await {
+                    Ok(servers) => servers,
+                    Err(_) => this.servers(),
+                };
+                // A member that is down (still listed until removed) would
+                // fail the calls balanced onto it: only reachable ones go in.
+                let mut wanted = BTreeSet::new();
+                for addr in addresses(&servers, role) {
+                    if this.reachable(&addr).await {
+                        wanted.insert(addr);
+                    }
+                }
+                for gone in current.difference(&wanted) {
+                    if changes.send(Change::Remove(gone.clone())).await.is_err() {
+                        return;
+                    }
+                }
+                for new in wanted.difference(&current) {
+                    let Ok(endpoint) = endpoint(new, this.inner.config.tls.as_ref()) else {
+                        continue;
+                    };
+                    if changes
+                        .send(Change::Insert(new.clone(), endpoint))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                current = wanted;
+                tokio::select! {
+                    _ = changes.closed() => return,
+                    _ = tokio::time::sleep(this.inner.config.refresh) => {}
+                }
+            }
+        });
+        channel
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,6 +546,20 @@ mod tests {
         );
         assert_eq!(pick_reader(&servers(Some(0), 1), 7), Some("10.0.0.0:8400"));
         assert_eq!(pick_reader(&[], 0), None);
+    }
+
+    #[test]
+    fn balanced_channels_track_the_leader_or_the_readers() {
+        let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        let three = servers(Some(0), 3);
+        assert_eq!(addresses(&three, Role::Leader), set(&["10.0.0.0:8400"]));
+        assert_eq!(
+            addresses(&three, Role::Readers),
+            set(&["10.0.0.1:8400", "10.0.0.2:8400"])
+        );
+        let alone = servers(Some(0), 1);
+        assert_eq!(addresses(&alone, Role::Readers), set(&["10.0.0.0:8400"]));
+        assert!(addresses(&servers(None, 3), Role::Leader).is_empty());
     }
 
     #[test]

@@ -23,7 +23,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 pub mod cluster;
 
-pub use cluster::{ClusterClient, ClusterConfig};
+pub use cluster::{ClusterClient, ClusterConfig, Role};
 pub use proglog_proto as proto;
 
 /// Everything a client call can fail with.
@@ -87,6 +87,28 @@ impl Tls {
     }
 }
 
+/// The endpoint of the agent at `addr` (`host:port`), with TLS unless
+/// `tls` is `None`.
+pub fn endpoint(addr: &str, tls: Option<&Tls>) -> Result<Endpoint> {
+    if addr.parse::<std::net::SocketAddr>().is_err() && !addr.contains(':') {
+        return Err(Error::Address(addr.to_string()));
+    }
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+        .map_err(|_| Error::Address(addr.to_string()))?
+        .tcp_nodelay(true);
+    if let Some(tls) = tls {
+        let mut config = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&tls.ca))
+            .identity(Identity::from_pem(&tls.cert, &tls.key));
+        if let Some(domain) = &tls.domain {
+            config = config.domain_name(domain.clone());
+        }
+        endpoint = endpoint.tls_config(config)?;
+    }
+    Ok(endpoint)
+}
+
 /// Where an agent listens.
 #[derive(Debug, Clone)]
 pub enum Target {
@@ -112,25 +134,7 @@ impl Client {
     /// Connects to `target`.
     pub async fn connect(target: Target) -> Result<Client> {
         let channel = match target {
-            Target::Tcp { addr, tls } => {
-                if addr.parse::<std::net::SocketAddr>().is_err() && !addr.contains(':') {
-                    return Err(Error::Address(addr));
-                }
-                let scheme = if tls.is_some() { "https" } else { "http" };
-                let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
-                    .map_err(|_| Error::Address(addr.clone()))?
-                    .tcp_nodelay(true);
-                if let Some(tls) = tls {
-                    let mut config = ClientTlsConfig::new()
-                        .ca_certificate(Certificate::from_pem(tls.ca))
-                        .identity(Identity::from_pem(tls.cert, tls.key));
-                    if let Some(domain) = tls.domain {
-                        config = config.domain_name(domain);
-                    }
-                    endpoint = endpoint.tls_config(config)?;
-                }
-                endpoint.connect().await?
-            }
+            Target::Tcp { addr, tls } => endpoint(&addr, tls.as_ref())?.connect().await?,
             Target::Unix(path) => {
                 let connector = tower::service_fn(move |_| {
                     let path = path.clone();

@@ -48,7 +48,10 @@ fn a_cluster_formed_by_flags_keeps_acked_records_across_a_leader_sigkill() {
 
 #[test]
 fn a_client_with_one_seed_rides_out_a_leader_sigkill_without_appending_twice() {
-    use proglog_client::{ClusterClient, ClusterConfig, Tls};
+    use proglog_client::proto::log_client::LogClient;
+    use proglog_client::proto::ConsumeRequest;
+    use proglog_client::{ClusterClient, ClusterConfig, Role, Tls};
+    use tokio_stream::StreamExt;
     let mut cluster = ProcessCluster::start(3, &["--produce-timeout", "5s"]);
     let leader = cluster.leader();
     let seed = (0..3).find(|&i| i != leader).unwrap();
@@ -76,6 +79,20 @@ fn a_client_with_one_seed_rides_out_a_leader_sigkill_without_appending_twice() {
             let offset = client.produce(value.clone()).await.unwrap();
             acked.push((offset, value));
         }
+        // A stream from a reader and the generated client over a balanced
+        // channel both see every record, after the failover too.
+        let mut stream = client.consume_stream(0);
+        for (offset, value) in &acked {
+            let (o, got) = stream.next().await.expect("stream open").unwrap();
+            assert_eq!((o, got.as_slice()), (*offset, value.as_bytes()));
+        }
+        let mut generated = LogClient::new(client.channel(Role::Readers));
+        let last = generated
+            .consume(ConsumeRequest { offset: 999 })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(last.record.unwrap().value, b"record-999");
         acked
     });
     let offsets: Vec<u64> = acked.iter().map(|a| a.0).collect();
