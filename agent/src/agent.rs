@@ -1,11 +1,12 @@
-//! [`Agent`]: wires the Raft node, the gRPC service, the transports and hot
-//! reload; starts them in order and shuts them down in reverse.
+//! [`Agent`]: wires the Raft node, the gRPC service, the transports, gossip
+//! discovery with the leader's reconcile loop, and hot reload; starts them
+//! in order and shuts them down in reverse.
 
 use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -24,9 +25,13 @@ use tonic_health::ServingStatus;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
+use crate::discovery::reconcile::reconcile_loop;
+use crate::discovery::{
+    DiscoveryError, GossipKey, Membership, MembershipConfig, TAG_CLUSTER, TAG_ID, TAG_RPC_ADDR,
+};
 use crate::log::fs::{FileSystem, RealFs};
 use crate::log::{LogConfig, LogError};
-use crate::raft::net::{join_loop, PeerNetwork, RaftService, MAX_MESSAGE_BYTES};
+use crate::raft::net::{PeerNetwork, RaftService, MAX_MESSAGE_BYTES};
 use crate::raft::node::NoNetwork;
 use crate::raft::{Member, NodeError, NodeSettings, RaftNode};
 use crate::server::auth::{AclError, Authorizer};
@@ -54,6 +59,9 @@ pub enum AgentError {
     /// The ACL files were unusable.
     #[error(transparent)]
     Acl(#[from] AclError),
+    /// Gossip could not start.
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
     /// Binding or another I/O step failed.
     #[error("{what}: {source}")]
     Io {
@@ -83,6 +91,8 @@ pub struct Agent {
     peer_tls: Option<Arc<ArcSwap<PeerTls>>>,
     /// The Raft network (none in dev mode).
     network: Option<PeerNetwork>,
+    /// Gossip membership, set once it has started (never in dev mode).
+    membership: Arc<OnceLock<Membership>>,
     max_record_bytes: Arc<AtomicU64>,
     rpc_addr: SocketAddr,
     cancel: CancellationToken,
@@ -137,7 +147,7 @@ impl Agent {
         let auth = Arc::new(auth);
         let settings = NodeSettings {
             dir: config.data_dir.clone(),
-            member: Member::new(config.node_name.clone(), advertise),
+            member: Member::new(config.node_name.clone(), advertise.clone()),
             log: LogConfig {
                 fs,
                 ..config.log_config()
@@ -169,10 +179,10 @@ impl Agent {
         if config.bootstrap || config.dev {
             node.bootstrap().await?;
         }
-        let raft_route = match (&peer_tls, &network) {
-            (Some(peer_tls), Some(network)) => {
+        let raft_route = match &peer_tls {
+            Some(peer_tls) => {
                 let (conns, incoming) = tokio::sync::mpsc::channel(128);
-                let raft = RaftServer::new(RaftService::new(node.clone(), network.clone()))
+                let raft = RaftServer::new(RaftService::new(node.clone()))
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES);
                 let stop = cancel.clone().cancelled_owned();
@@ -185,20 +195,12 @@ impl Agent {
                         error!(error = %e, "raft peer server failed");
                     }
                 });
-                if !config.bootstrap && !config.start_join_addrs.is_empty() {
-                    tasks.spawn(join_loop(
-                        node.clone(),
-                        network.clone(),
-                        config.start_join_addrs.clone(),
-                        cancel.clone(),
-                    ));
-                }
                 Some(RaftRoute {
                     tls: Arc::clone(peer_tls),
                     conns,
                 })
             }
-            _ => None,
+            None => None,
         };
         let service = LogService::new(
             Arc::new(node.clone()),
@@ -210,9 +212,12 @@ impl Agent {
         // them all when the node fails.
         let (reporter, health) = tonic_health::server::health_reporter();
         reporter.set_serving::<LogServer<LogService>>().await;
+        let discovery = (!config.dev).then(|| discovery_config(&config, &node, &advertise));
+        let reap_timeout = config.reap_timeout().expect("validated");
         let agent = Agent {
             config: ArcSwap::from_pointee(config),
             node,
+            membership: Arc::default(),
             auth,
             tls,
             peer_tls,
@@ -245,6 +250,18 @@ impl Agent {
             info!(path = %unix.path.display(), "serving on unix socket");
             agent.serve(unix, service, health);
         }
+        // Gossip last, once this node serves: the leader may add it to
+        // Raft as soon as it is seen.
+        if let Some(discovery) = discovery {
+            let membership = start_membership(discovery).await?;
+            agent.tasks.spawn(reconcile_loop(
+                agent.node.clone(),
+                membership.clone(),
+                reap_timeout,
+                agent.cancel.clone(),
+            ));
+            let _ = agent.membership.set(membership);
+        }
         info!(
             addr = %rpc_addr,
             node = %agent.config.load().node_name,
@@ -268,7 +285,10 @@ impl Agent {
         let log = LogServer::new(service)
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
-        let admin = AdminServer::new(AdminService::new(self.node.clone(), Arc::clone(&self.auth)));
+        let admin = AdminServer::new(
+            AdminService::new(self.node.clone(), Arc::clone(&self.auth))
+                .with_membership(Arc::clone(&self.membership)),
+        );
         let incoming = transport.incoming(self.cancel.clone());
         let stop = self.cancel.clone().cancelled_owned();
         self.tasks.spawn(async move {
@@ -294,6 +314,11 @@ impl Agent {
     #[cfg(test)]
     pub(crate) fn node(&self) -> &RaftNode {
         &self.node
+    }
+
+    /// Gossip membership (none in dev mode).
+    pub fn membership(&self) -> Option<&Membership> {
+        self.membership.get()
     }
 
     /// The Raft network (none in dev mode), for what it measured.
@@ -402,6 +427,13 @@ impl Agent {
     pub async fn shutdown(self) -> Result<(), LogError> {
         info!("shutting down");
         self.cancel.cancel();
+        if let Some(membership) = self.membership.get() {
+            // No leave: a stopped node stays a Raft member (DESIGN.md
+            // "Lifecycle"); the others see it failed until it returns.
+            if let Err(e) = membership.shutdown().await {
+                warn!(error = %e, "stopping gossip");
+            }
+        }
         self.tasks.close();
         if tokio::time::timeout(DRAIN_DEADLINE, self.tasks.wait())
             .await
@@ -413,6 +445,44 @@ impl Agent {
         info!("raft stopped; log closed");
         Ok(())
     }
+}
+
+/// What gossip starts with: this node's name, `bind_addr`, its tags (RPC
+/// address, Raft id, cluster id when known), the join addresses and the
+/// key file (read when gossip starts).
+fn discovery_config(
+    config: &Config,
+    node: &RaftNode,
+    advertise: &str,
+) -> (MembershipConfig, Option<PathBuf>) {
+    let mut tags = std::collections::BTreeMap::from([
+        (TAG_RPC_ADDR.to_string(), advertise.to_string()),
+        (TAG_ID.to_string(), node.id().to_string()),
+    ]);
+    if let Some(cluster) = node.cluster_id() {
+        tags.insert(TAG_CLUSTER.to_string(), cluster.to_string());
+    }
+    let membership = MembershipConfig {
+        node_name: config.node_name.clone(),
+        bind_addr: config.bind_addr,
+        tags,
+        start_join_addrs: config.start_join_addrs.clone(),
+        key: None,
+    };
+    (membership, config.gossip_key_file.clone())
+}
+
+/// Reads the gossip key (on a blocking thread) and starts gossip.
+async fn start_membership(
+    (mut config, key_file): (MembershipConfig, Option<PathBuf>),
+) -> Result<Membership, AgentError> {
+    if let Some(path) = key_file {
+        let key = tokio::task::spawn_blocking(move || GossipKey::from_file(&path))
+            .await
+            .map_err(|e| DiscoveryError::Serf(format!("reading the gossip key: {e}")))??;
+        config.key = Some(key);
+    }
+    Ok(Membership::start(config).await?)
 }
 
 /// Turns health (the server as a whole and `log.v1.Log`) to NOT_SERVING

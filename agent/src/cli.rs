@@ -1,11 +1,11 @@
-//! The client subcommands: `produce`, `consume`, `servers`, and the
-//! operator verbs `status`, `add-voter`, `remove-peer`,
+//! The client subcommands: `produce`, `consume`, `servers`, `members`, and
+//! the operator verbs `status`, `add-voter`, `remove-peer`,
 //! `transfer-leader` (the admin service), built on `proglog-client`.
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
-use proglog_client::proto::admin::ClusterStatusResponse;
+use proglog_client::proto::admin::{ClusterStatusResponse, GossipMember};
 use proglog_client::{leader_addr, Client, Error, Target, Tls};
 use tokio_stream::StreamExt;
 
@@ -203,6 +203,52 @@ fn status_table(s: &ClusterStatusResponse) -> String {
     let widths: Vec<usize> = (0..5)
         .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
         .collect();
+    for row in &rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `proglog members`: the agent's gossip view, like `consul members`: one
+/// aligned row per member with its gossip address, status and tags.
+pub async fn members(conn: &ConnectArgs) -> Result<(), Error> {
+    let members = conn.connect().await?.members().await?;
+    let _ = std::io::stdout()
+        .lock()
+        .write_all(members_table(&members).as_bytes());
+    Ok(())
+}
+
+/// The text of `proglog members`: NAME, ADDRESS, STATUS, TAGS (`k=v`
+/// comma-separated, sorted by key), aligned.
+fn members_table(members: &[GossipMember]) -> String {
+    let mut rows = vec![[
+        "NAME".to_string(),
+        "ADDRESS".into(),
+        "STATUS".into(),
+        "TAGS".into(),
+    ]];
+    for m in members {
+        let mut tags: Vec<(&String, &String)> = m.tags.iter().collect();
+        tags.sort();
+        let tags: Vec<String> = tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        rows.push([
+            m.name.clone(),
+            m.addr.clone(),
+            m.status.clone(),
+            tags.join(","),
+        ]);
+    }
+    let widths: Vec<usize> = (0..4)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
     for row in &rows {
         let cells: Vec<String> = row
             .iter()

@@ -1,8 +1,12 @@
 //! Cluster tests with real processes: three `proglog agent`s formed by
-//! flags alone (`--bootstrap`, `--start-join-addrs`), SIGKILL of the leader,
-//! a restarted node catching up.
+//! flags alone (`--bootstrap`, `--start-join-addrs` naming node 0's gossip
+//! address), SIGKILL of the leader, a restarted node catching up; a killed
+//! follower marked failed by gossip, removed from Raft after
+//! `--reap-timeout`, and added again when it comes back.
 
-use proglog_tests::ProcessCluster;
+use std::time::Duration;
+
+use proglog_tests::{eventually, ProcessCluster};
 
 fn values(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
@@ -44,4 +48,69 @@ fn a_cluster_formed_by_flags_keeps_acked_records_across_a_leader_sigkill() {
     cluster.start_node(leader);
     cluster.wait_records(leader, &acked);
     cluster.wait_servers(leader, 3);
+}
+
+#[test]
+fn a_killed_follower_is_reaped_from_raft_and_added_again_when_it_returns() {
+    let mut cluster = ProcessCluster::start(3, &["--reap-timeout", "3s"]);
+    let leader = cluster.leader();
+    // Not node 0 when it can be helped: the others join through node 0.
+    let follower = (0..3).rev().find(|&i| i != leader).unwrap();
+    let name = format!("node{follower}");
+    for i in 0..3 {
+        eventually(
+            &format!("node{i} to see 3 alive gossip members"),
+            Duration::from_secs(30),
+            || {
+                let members = cluster.members(i);
+                (members.len() == 3 && members.iter().all(|m| m.2 == "alive")).then_some(())
+            },
+        );
+    }
+    let tags = cluster
+        .members(leader)
+        .into_iter()
+        .find(|m| m.0 == name)
+        .unwrap()
+        .3;
+    assert!(
+        tags.contains("rpc_addr=127.0.0.1:") && tags.contains("id=") && tags.contains("cluster="),
+        "{tags}"
+    );
+    let mut acked: Vec<(u64, String)> = Vec::new();
+    let batch = values("before", 10);
+    acked.extend(cluster.produce(leader, &batch).into_iter().zip(batch));
+
+    cluster.kill9(follower);
+    eventually(
+        &format!("the leader to see {name} failed"),
+        Duration::from_secs(20),
+        || {
+            let members = cluster.members(leader);
+            members
+                .iter()
+                .any(|m| m.0 == name && m.2 == "failed")
+                .then_some(())
+        },
+    );
+    cluster.wait_servers(leader, 2);
+    assert!(cluster.servers(leader).iter().all(|s| s.0 != name));
+    // Two voters now: a write needs both, and gets them.
+    let batch = values("while-down", 10);
+    acked.extend(cluster.produce(leader, &batch).into_iter().zip(batch));
+
+    cluster.start_node(follower);
+    cluster.wait_servers(leader, 3);
+    cluster.wait_records(follower, &acked);
+    eventually(
+        &format!("the leader to see {name} alive again"),
+        Duration::from_secs(20),
+        || {
+            let members = cluster.members(leader);
+            members
+                .iter()
+                .any(|m| m.0 == name && m.2 == "alive")
+                .then_some(())
+        },
+    );
 }

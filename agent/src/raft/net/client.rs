@@ -19,8 +19,8 @@ use openraft::raft::{
 };
 use proglog_proto::raft::raft_client::RaftClient;
 use proglog_proto::raft::{
-    snapshot_chunk_reply, CampaignRequest, ForwardRequest, JoinRequest, JoinResponse, Payload,
-    SnapshotChunk, SnapshotInventoryRequest,
+    snapshot_chunk_reply, CampaignRequest, ForwardRequest, Payload, SnapshotChunk,
+    SnapshotInventoryRequest,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -140,21 +140,6 @@ impl PeerNetwork {
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         channels.insert(addr.to_string(), client.clone());
         Ok(client)
-    }
-
-    /// Asks the member at `addr` to add this node to its cluster.
-    pub async fn join(
-        &self,
-        addr: &str,
-        req: JoinRequest,
-        timeout: Duration,
-    ) -> Result<JoinResponse, Status> {
-        let mut request = tonic::Request::new(req);
-        request.set_timeout(timeout);
-        let answer = tokio::time::timeout(timeout, self.client(addr)?.join(request)).await;
-        Ok(answer
-            .map_err(|_| Status::deadline_exceeded("join timed out"))??
-            .into_inner())
     }
 
     /// Asks the voter at `addr` to start an election now.

@@ -12,9 +12,10 @@
 //!
 //! [`client::PeerNetwork`] dials (openraft's network factory, and the
 //! node's forwarding to the leader); [`server::RaftService`] answers. A
-//! node joins a cluster by asking any member ([`join_loop`]). Snapshot
-//! chunks travel as [`delta`] chunks: the bytes of store files the
-//! receiver already holds are sent as references to them.
+//! node joins a cluster through gossip (`crate::discovery`): the leader
+//! sees it and adds it. Snapshot chunks travel as [`delta`] chunks: the
+//! bytes of store files the receiver already holds are sent as references
+//! to them.
 
 pub mod client;
 pub mod delta;
@@ -23,73 +24,11 @@ pub mod server;
 #[cfg(test)]
 mod tests;
 
-use std::time::Duration;
-
-use proglog_proto::raft::JoinRequest;
-use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
-
 pub use crate::transport::RAFT_RPC;
 pub use client::PeerNetwork;
 pub use server::RaftService;
-
-use super::RaftNode;
 
 /// The largest peer message: an AppendEntries of `MAX_PAYLOAD_ENTRIES`
 /// entries of at most 8 MiB of records each, plus framing; a snapshot
 /// chunk is smaller.
 pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
-/// How long a join may take: the leader answers once the new node has
-/// caught up as a learner and was promoted.
-pub const JOIN_TIMEOUT: Duration = Duration::from_secs(120);
-/// The first and the longest wait between join attempts.
-const JOIN_RETRY_FIRST: Duration = Duration::from_millis(200);
-const JOIN_RETRY_MAX: Duration = Duration::from_secs(5);
-
-/// Asks the members at `seeds`, in turn and with backoff, to add `node`
-/// to their cluster, until one accepts or `stop` fires. A node that is
-/// already a member (it has Raft state) does not ask.
-pub async fn join_loop(
-    node: RaftNode,
-    network: PeerNetwork,
-    seeds: Vec<String>,
-    stop: CancellationToken,
-) {
-    let mut wait = JOIN_RETRY_FIRST;
-    loop {
-        match node.raft().is_initialized().await {
-            Ok(true) => return,
-            Ok(false) => {}
-            Err(_) => return,
-        }
-        for seed in &seeds {
-            let req = JoinRequest {
-                node_id: node.id(),
-                name: node.member().name.clone(),
-                rpc_addr: node.member().rpc_addr.clone(),
-                cluster_id: node.cluster_id().unwrap_or(0),
-            };
-            let joined = tokio::select! {
-                _ = stop.cancelled() => return,
-                joined = network.join(seed, req, JOIN_TIMEOUT) => joined,
-            };
-            match joined {
-                Ok(answer) => match node.adopt_cluster_id(answer.cluster_id).await {
-                    Ok(()) => {
-                        info!(%seed, cluster_id = answer.cluster_id, "joined the cluster");
-                        return;
-                    }
-                    Err(e) => warn!(%seed, error = %e, "joined, but the cluster id was not saved"),
-                },
-                Err(status) => {
-                    warn!(%seed, error = %status.message(), code = ?status.code(), "join failed; retrying")
-                }
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-        }
-        wait = (wait * 2).min(JOIN_RETRY_MAX);
-    }
-}
