@@ -27,7 +27,7 @@ pub mod reconcile;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -224,6 +224,9 @@ pub struct Membership {
     tags: Arc<tokio::sync::Mutex<BTreeMap<String, String>>>,
     /// When each member was first seen failed (cleared once it is not).
     failed_since: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Members an operator removed from Raft while alive: not added back
+    /// until gossip sees them go (fail or leave) and come back.
+    held_out: Arc<Mutex<HashSet<String>>>,
     /// Bumped on every member event.
     changes: watch::Receiver<u64>,
     stop: CancellationToken,
@@ -265,12 +268,14 @@ impl Membership {
             name: config.node_name.clone(),
             tags: Arc::new(tokio::sync::Mutex::new(config.tags)),
             failed_since: Arc::default(),
+            held_out: Arc::default(),
             changes,
             stop: CancellationToken::new(),
         };
         tokio::spawn(drain_events(
             events,
             Arc::clone(&membership.failed_since),
+            Arc::clone(&membership.held_out),
             changed,
             membership.stop.clone(),
         ));
@@ -301,10 +306,7 @@ impl Membership {
     pub async fn members(&self) -> Vec<GossipMember> {
         let members = self.serf.members().await;
         let now = Instant::now();
-        let mut failed = self
-            .failed_since
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut failed = lock(&self.failed_since);
         let mut out: Vec<GossipMember> = members
             .iter()
             .map(|m| {
@@ -317,6 +319,9 @@ impl Membership {
                         None
                     }
                 };
+                if status != GossipStatus::Alive {
+                    lock(&self.held_out).remove(&name);
+                }
                 GossipMember {
                     name,
                     addr: *m.node().address(),
@@ -339,6 +344,18 @@ impl Membership {
     /// This node's own address is skipped.
     pub async fn join(&self, seeds: &[String]) -> Result<usize, DiscoveryError> {
         join_once(&self.serf, self.addr, seeds).await
+    }
+
+    /// Keeps member `name` out of Raft: the reconcile loop does not add it
+    /// back while it stays alive (an operator removed it). Cleared once
+    /// gossip sees it fail or leave, so a restart brings it back.
+    pub fn hold_out(&self, name: &str) {
+        lock(&self.held_out).insert(name.to_string());
+    }
+
+    /// Whether member `name` is held out of Raft (see [`Membership::hold_out`]).
+    pub fn is_held_out(&self, name: &str) -> bool {
+        lock(&self.held_out).contains(name)
     }
 
     /// Sets tag `key` to `value` on this node and gossips the change.
@@ -381,6 +398,12 @@ impl Membership {
     }
 }
 
+/// Locks `m`, also after a panic elsewhere (the data stays consistent:
+/// every update is a single insert or remove).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// The failure detector: memberlist's LAN profile with faster probes, so
 /// a killed node is marked failed in about a second (measured 1.0 s on
 /// loopback; the plain LAN profile takes 6.8 s). Suspicion lasts
@@ -400,6 +423,7 @@ fn gossip_timing() -> MemberlistOptions {
 async fn drain_events(
     events: Events,
     failed_since: Arc<Mutex<HashMap<String, Instant>>>,
+    held_out: Arc<Mutex<HashSet<String>>>,
     changed: watch::Sender<u64>,
     stop: CancellationToken,
 ) {
@@ -414,15 +438,15 @@ async fn drain_events(
         };
         let ty = event.ty();
         {
-            let mut failed = failed_since
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut failed = lock(&failed_since);
+            let mut held = lock(&held_out);
             for member in event.members() {
                 let name = member.node().id().to_string();
                 debug!(member = %name, event = ty.as_str(), "gossip member event");
                 match ty {
                     MemberEventType::Failed => {
                         failed.entry(name.clone()).or_insert_with(Instant::now);
+                        held.remove(&name);
                         warn!(member = %name, "gossip: member failed");
                     }
                     MemberEventType::Join => {
@@ -431,6 +455,7 @@ async fn drain_events(
                     }
                     MemberEventType::Leave => {
                         failed.remove(&name);
+                        held.remove(&name);
                         info!(member = %name, "gossip: member left");
                     }
                     _ => {

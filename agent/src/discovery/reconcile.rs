@@ -10,8 +10,10 @@
 //! - alive under a name that a Raft member of another id has (the node
 //!   was wiped and came back with a new id): the stale id is removed first.
 //!
-//! The leader never removes itself, and never adds a member whose
-//! `cluster` tag names another cluster (it warns once per member). The
+//! The leader never removes itself, never adds a member whose `cluster`
+//! tag names another cluster (it warns once per member), and does not add
+//! back a member an operator removed (`proglog remove-peer`) until gossip
+//! has seen it go and come back ([`Membership::hold_out`]). The
 //! loop runs every [`RECONCILE_INTERVAL`], at once on a gossip event, and
 //! at once when the leader or the Raft membership changes, so events seen
 //! while this node was a follower are acted on as soon as it leads (the
@@ -198,7 +200,10 @@ pub async fn reconcile_loop(
         }
         if node.leader().is_some_and(|(id, _)| id == node.id()) {
             for _ in 0..MAX_CHANGES_PER_PASS {
-                let gossip = membership.members().await;
+                let mut gossip = membership.members().await;
+                gossip.retain(|g| {
+                    !(g.status == GossipStatus::Alive && membership.is_held_out(&g.name))
+                });
                 let change = state.plan(
                     &node.status(),
                     node.cluster_id(),

@@ -124,7 +124,15 @@ impl AdminRpc for AdminService {
             return Err(AdminError::InvalidArgument("node is empty".into()).into());
         }
         self.check_leader()?;
-        let id = resolve(&members(&self.node), &node)?;
+        let members = members(&self.node);
+        let id = resolve(&members, &node)?;
+        // Gossip must not add an alive node straight back.
+        if let (Some(gossip), Some((_, member))) = (
+            self.membership.get(),
+            members.iter().find(|(m, _)| *m == id),
+        ) {
+            gossip.hold_out(&member.name);
+        }
         self.node
             .remove_member(id)
             .await
