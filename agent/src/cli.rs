@@ -371,6 +371,30 @@ mod tests {
     }
 
     #[test]
+    fn members_table_aligns_rows_and_sorts_tags() {
+        use proglog_client::proto::admin::GossipMember;
+        let member = |name: &str, status: &str, tags: &[(&str, &str)]| GossipMember {
+            name: name.into(),
+            addr: format!("10.0.0.{}:8401", name.len()),
+            status: status.into(),
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let text = super::members_table(&[
+            member("a", "alive", &[("rpc_addr", "10.0.0.1:8400"), ("id", "7")]),
+            member("bee", "failed", &[]),
+        ]);
+        assert_eq!(
+            text,
+            "NAME  ADDRESS        STATUS  TAGS\n\
+             a     10.0.0.1:8401  alive   id=7,rpc_addr=10.0.0.1:8400\n\
+             bee   10.0.0.3:8401  failed\n"
+        );
+    }
+
+    #[test]
     fn base64_matches_the_standard_alphabet_and_padding() {
         assert_eq!(super::base64(b""), "");
         assert_eq!(super::base64(b"f"), "Zg==");

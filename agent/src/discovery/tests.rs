@@ -335,9 +335,18 @@ fn plan_removes_a_stale_id_of_a_name_that_came_back_and_members_gossip_never_saw
     // node3 is in Raft but unknown to gossip: removed once the reap
     // timeout has passed since the leader first noticed.
     let cluster = raft(&[(1, true), (3, true)]);
-    assert_eq!(r.plan(&cluster, Some(5), &[me.clone()], REAP, now), None);
     assert_eq!(
-        r.plan(&cluster, Some(5), &[me.clone()], REAP, now + REAP / 2),
+        r.plan(&cluster, Some(5), std::slice::from_ref(&me), REAP, now),
+        None
+    );
+    assert_eq!(
+        r.plan(
+            &cluster,
+            Some(5),
+            std::slice::from_ref(&me),
+            REAP,
+            now + REAP / 2
+        ),
         None
     );
     assert_eq!(
