@@ -59,11 +59,14 @@ fn a_killed_follower_is_reaped_from_raft_and_added_again_when_it_returns() {
     let name = format!("node{follower}");
     for i in 0..3 {
         eventually(
-            &format!("node{i} to see 3 alive gossip members"),
+            &format!("node{i} to see 3 alive gossip members tagged with the cluster"),
             Duration::from_secs(30),
             || {
                 let members = cluster.members(i);
-                (members.len() == 3 && members.iter().all(|m| m.2 == "alive")).then_some(())
+                let ready = |m: &(String, String, String, String)| {
+                    m.2 == "alive" && m.3.contains("cluster=")
+                };
+                (members.len() == 3 && members.iter().all(ready)).then_some(())
             },
         );
     }
@@ -82,6 +85,7 @@ fn a_killed_follower_is_reaped_from_raft_and_added_again_when_it_returns() {
     acked.extend(cluster.produce(leader, &batch).into_iter().zip(batch));
 
     cluster.kill9(follower);
+    let killed = std::time::Instant::now();
     eventually(
         &format!("the leader to see {name} failed"),
         Duration::from_secs(20),
@@ -93,7 +97,12 @@ fn a_killed_follower_is_reaped_from_raft_and_added_again_when_it_returns() {
                 .then_some(())
         },
     );
+    let failed = killed.elapsed();
     cluster.wait_servers(leader, 2);
+    eprintln!(
+        "{name} killed: seen failed after {failed:?}, out of raft after {:?} (reap timeout 3s)",
+        killed.elapsed()
+    );
     assert!(cluster.servers(leader).iter().all(|s| s.0 != name));
     // Two voters now: a write needs both, and gets them.
     let batch = values("while-down", 10);
