@@ -1,17 +1,19 @@
-//! [`Agent`]: wires the Raft node, the gRPC service, the transports and hot
-//! reload; starts them in order and shuts them down in reverse.
+//! [`Agent`]: wires the Raft node, the gRPC service, the transports, gossip
+//! discovery with the leader's reconcile loop, and hot reload; starts them
+//! in order and shuts them down in reverse.
 //!
-//! A node started with `bootstrap` and no Raft state first asks its
-//! `start_join_addrs` whether they belong to a cluster, and refuses to
-//! found a second one ([`AgentError::ClusterExists`]). The stop on SIGTERM
-//! is [`Agent::terminate`]: hand leadership on, leave the membership if
+//! A node started with `bootstrap` and no Raft state first gossips with its
+//! `start_join_addrs` and asks the members it finds whether they belong to
+//! a cluster, and refuses to found a second one
+//! ([`AgentError::ClusterExists`]). The stop on SIGTERM is
+//! [`Agent::terminate`]: hand leadership on, leave the membership if
 //! `leave_on_terminate`, then [`Agent::shutdown`].
 
 use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -30,10 +32,14 @@ use tonic_health::ServingStatus;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
+use crate::discovery::reconcile::reconcile_loop;
+use crate::discovery::{
+    DiscoveryError, GossipKey, Membership, MembershipConfig, TAG_CLUSTER, TAG_ID, TAG_RPC_ADDR,
+};
 use crate::log::fs::{FileSystem, RealFs};
 use crate::log::{LogConfig, LogError};
 use crate::raft::net::{
-    existing_cluster, join_loop, leave_cluster, PeerNetwork, RaftService, MAX_MESSAGE_BYTES,
+    existing_cluster, leave_cluster, PeerNetwork, RaftService, MAX_MESSAGE_BYTES,
 };
 use crate::raft::node::NoNetwork;
 use crate::raft::{Member, NodeError, NodeSettings, RaftNode};
@@ -46,6 +52,7 @@ use crate::transport::{PlainTcp, RaftRoute, TlsTcp, Transport, Unix};
 const MESSAGE_SLACK: usize = 64 << 20;
 /// How long shutdown waits for streams and calls to finish.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
 /// How long a stopping leader may take to hand leadership on (the
 /// transfer's own bound is 10 s) before it stops anyway.
 const HANDOFF_DEADLINE: Duration = Duration::from_secs(12);
@@ -87,6 +94,9 @@ pub enum AgentError {
         /// ", led by NAME at ADDR", or empty if it knows no leader.
         leader: String,
     },
+    /// Gossip could not start.
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
     /// Binding or another I/O step failed.
     #[error("{what}: {source}")]
     Io {
@@ -116,6 +126,8 @@ pub struct Agent {
     peer_tls: Option<Arc<ArcSwap<PeerTls>>>,
     /// The Raft network (none in dev mode).
     network: Option<PeerNetwork>,
+    /// Gossip membership, set once it has started (never in dev mode).
+    membership: Arc<OnceLock<Membership>>,
     max_record_bytes: Arc<AtomicU64>,
     rpc_addr: SocketAddr,
     cancel: CancellationToken,
@@ -170,7 +182,7 @@ impl Agent {
         let auth = Arc::new(auth);
         let settings = NodeSettings {
             dir: config.data_dir.clone(),
-            member: Member::new(config.node_name.clone(), advertise),
+            member: Member::new(config.node_name.clone(), advertise.clone()),
             log: LogConfig {
                 fs,
                 ..config.log_config()
@@ -199,9 +211,26 @@ impl Agent {
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
         let max_record_bytes = Arc::new(AtomicU64::new(config.max_record_bytes));
-        if config.bootstrap && !config.start_join_addrs.is_empty() {
-            if let Some(network) = &network {
-                if let Err(e) = refuse_second_cluster(&node, network, &config).await {
+        let discovery = (!config.dev).then(|| discovery_config(&config, &node, &advertise));
+        // A node about to found a cluster first gossips with the nodes it
+        // lists, if any, and refuses when they already form one.
+        let mut early = None;
+        if let (true, Some(network), Some(discovery)) = (
+            config.bootstrap && !config.start_join_addrs.is_empty(),
+            &network,
+            &discovery,
+        ) {
+            if !node.initialized().await? {
+                let probe = async {
+                    let membership = start_membership(discovery.clone()).await?;
+                    let refused = refuse_second_cluster(&node, network, &membership).await;
+                    early = Some(membership);
+                    refused
+                };
+                if let Err(e) = probe.await {
+                    if let Some(membership) = early.take() {
+                        let _ = membership.shutdown().await;
+                    }
                     let _ = node.shutdown().await;
                     return Err(e);
                 }
@@ -210,12 +239,17 @@ impl Agent {
         if config.bootstrap || config.dev {
             node.bootstrap().await?;
         }
-        let raft_route = match (&peer_tls, &network) {
-            (Some(peer_tls), Some(network)) => {
+        let raft_route = match &peer_tls {
+            Some(peer_tls) => {
                 let (conns, incoming) = tokio::sync::mpsc::channel(128);
-                let raft = RaftServer::new(RaftService::new(node.clone(), network.clone()))
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+                let raft = RaftServer::new(RaftService::new(
+                    node.clone(),
+                    network
+                        .clone()
+                        .expect("a network wherever there is peer TLS"),
+                ))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES);
                 let stop = cancel.clone().cancelled_owned();
                 tasks.spawn(async move {
                     let served = Server::builder()
@@ -226,20 +260,12 @@ impl Agent {
                         error!(error = %e, "raft peer server failed");
                     }
                 });
-                if !config.bootstrap && !config.start_join_addrs.is_empty() {
-                    tasks.spawn(join_loop(
-                        node.clone(),
-                        network.clone(),
-                        config.start_join_addrs.clone(),
-                        cancel.clone(),
-                    ));
-                }
                 Some(RaftRoute {
                     tls: Arc::clone(peer_tls),
                     conns,
                 })
             }
-            _ => None,
+            None => None,
         };
         let service = LogService::new(
             Arc::new(node.clone()),
@@ -251,9 +277,11 @@ impl Agent {
         // them all when the node fails.
         let (reporter, health) = tonic_health::server::health_reporter();
         reporter.set_serving::<LogServer<LogService>>().await;
+        let reap_timeout = config.reap_timeout().expect("validated");
         let agent = Agent {
             config: ArcSwap::from_pointee(config),
             node,
+            membership: Arc::default(),
             auth,
             tls,
             peer_tls,
@@ -286,6 +314,21 @@ impl Agent {
             info!(path = %unix.path.display(), "serving on unix socket");
             agent.serve(unix, service, health);
         }
+        // Gossip last, once this node serves: the leader may add it to
+        // Raft as soon as it is seen.
+        if let Some(discovery) = discovery {
+            let membership = match early {
+                Some(membership) => membership,
+                None => start_membership(discovery).await?,
+            };
+            agent.tasks.spawn(reconcile_loop(
+                agent.node.clone(),
+                membership.clone(),
+                reap_timeout,
+                agent.cancel.clone(),
+            ));
+            let _ = agent.membership.set(membership);
+        }
         info!(
             addr = %rpc_addr,
             node = %agent.config.load().node_name,
@@ -309,7 +352,10 @@ impl Agent {
         let log = LogServer::new(service)
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
-        let admin = AdminServer::new(AdminService::new(self.node.clone(), Arc::clone(&self.auth)));
+        let admin = AdminServer::new(
+            AdminService::new(self.node.clone(), Arc::clone(&self.auth))
+                .with_membership(Arc::clone(&self.membership)),
+        );
         let incoming = transport.incoming(self.cancel.clone());
         let stop = self.cancel.clone().cancelled_owned();
         self.tasks.spawn(async move {
@@ -335,6 +381,11 @@ impl Agent {
     #[cfg(test)]
     pub(crate) fn node(&self) -> &RaftNode {
         &self.node
+    }
+
+    /// Gossip membership (none in dev mode).
+    pub fn membership(&self) -> Option<&Membership> {
+        self.membership.get()
     }
 
     /// The Raft network (none in dev mode), for what it measured.
@@ -492,6 +543,12 @@ impl Agent {
             Ok(()) => info!("left the cluster"),
             Err(e) => warn!(error = %e, "leaving the cluster failed; stopping as a member"),
         }
+        // Gossip says so too, so the others see it left, not failed.
+        if let Some(membership) = self.membership.get() {
+            if let Err(e) = membership.leave().await {
+                warn!(error = %e, "leaving gossip");
+            }
+        }
     }
 
     /// Stops accepting, ends streams, waits for calls to drain (bounded),
@@ -499,6 +556,13 @@ impl Agent {
     pub async fn shutdown(self) -> Result<(), LogError> {
         info!("shutting down");
         self.cancel.cancel();
+        if let Some(membership) = self.membership.get() {
+            // No leave: a stopped node stays a Raft member (DESIGN.md
+            // "Lifecycle"); the others see it failed until it returns.
+            if let Err(e) = membership.shutdown().await {
+                warn!(error = %e, "stopping gossip");
+            }
+        }
         self.tasks.close();
         if tokio::time::timeout(DRAIN_DEADLINE, self.tasks.wait())
             .await
@@ -512,27 +576,34 @@ impl Agent {
     }
 }
 
-/// Before `node` bootstraps: if it has no Raft state, asks the
-/// `start_join_addrs` whether one belongs to a cluster, and refuses if so
-/// (bootstrapping would found a second cluster). Seeds that do not answer
-/// within [`CLUSTER_PROBE_TIMEOUT`] count as none: the first start of a
-/// bootstrap node, before the others are up.
+/// Before a node with no Raft state bootstraps: waits up to
+/// [`CLUSTER_PROBE_TIMEOUT`] for gossip (joined to `start_join_addrs`) to
+/// show other members, asks them over the peer service which cluster they
+/// belong to, and refuses if one does (bootstrapping would found a second
+/// cluster). No member seen, or none answering, counts as none: the first
+/// start of a bootstrap node, before the others are up.
 async fn refuse_second_cluster(
     node: &RaftNode,
     network: &PeerNetwork,
-    config: &Config,
+    membership: &Membership,
 ) -> Result<(), AgentError> {
-    if node.initialized().await? {
-        return Ok(());
-    }
+    let deadline = tokio::time::Instant::now() + CLUSTER_PROBE_TIMEOUT;
     let own = node.member().rpc_addr.clone();
-    let found = existing_cluster(
-        network,
-        &config.start_join_addrs,
-        &own,
-        CLUSTER_PROBE_TIMEOUT,
-    )
-    .await;
+    let peers = loop {
+        let peers: Vec<String> = membership
+            .members()
+            .await
+            .into_iter()
+            .filter(|m| m.name != node.member().name)
+            .filter_map(|m| m.tags.get(TAG_RPC_ADDR).cloned())
+            .collect();
+        if !peers.is_empty() || tokio::time::Instant::now() >= deadline {
+            break peers;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let found = existing_cluster(network, &peers, &own, left.max(Duration::from_secs(1))).await;
     match found {
         None => Ok(()),
         Some((addr, info)) => {
@@ -549,6 +620,44 @@ async fn refuse_second_cluster(
             })
         }
     }
+}
+
+/// What gossip starts with: this node's name, `bind_addr`, its tags (RPC
+/// address, Raft id, cluster id when known), the join addresses and the
+/// key file (read when gossip starts).
+fn discovery_config(
+    config: &Config,
+    node: &RaftNode,
+    advertise: &str,
+) -> (MembershipConfig, Option<PathBuf>) {
+    let mut tags = std::collections::BTreeMap::from([
+        (TAG_RPC_ADDR.to_string(), advertise.to_string()),
+        (TAG_ID.to_string(), node.id().to_string()),
+    ]);
+    if let Some(cluster) = node.cluster_id() {
+        tags.insert(TAG_CLUSTER.to_string(), cluster.to_string());
+    }
+    let membership = MembershipConfig {
+        node_name: config.node_name.clone(),
+        bind_addr: config.bind_addr,
+        tags,
+        start_join_addrs: config.start_join_addrs.clone(),
+        key: None,
+    };
+    (membership, config.gossip_key_file.clone())
+}
+
+/// Reads the gossip key (on a blocking thread) and starts gossip.
+async fn start_membership(
+    (mut config, key_file): (MembershipConfig, Option<PathBuf>),
+) -> Result<Membership, AgentError> {
+    if let Some(path) = key_file {
+        let key = tokio::task::spawn_blocking(move || GossipKey::from_file(&path))
+            .await
+            .map_err(|e| DiscoveryError::Serf(format!("reading the gossip key: {e}")))??;
+        config.key = Some(key);
+    }
+    Ok(Membership::start(config).await?)
 }
 
 /// Turns health (the server as a whole and `log.v1.Log`) to NOT_SERVING

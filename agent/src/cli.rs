@@ -1,11 +1,11 @@
-//! The client subcommands: `produce`, `consume`, `servers`, and the
-//! operator verbs `status`, `add-voter`, `remove-peer`,
+//! The client subcommands: `produce`, `consume`, `servers`, `members`, and
+//! the operator verbs `status`, `add-voter`, `remove-peer`,
 //! `transfer-leader` (the admin service), built on `proglog-client`.
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
-use proglog_client::proto::admin::ClusterStatusResponse;
+use proglog_client::proto::admin::{ClusterStatusResponse, GossipMember};
 use proglog_client::{leader_addr, Client, Error, Target, Tls};
 use tokio_stream::StreamExt;
 
@@ -215,6 +215,52 @@ fn status_table(s: &ClusterStatusResponse) -> String {
     out
 }
 
+/// `proglog members`: the agent's gossip view, like `consul members`: one
+/// aligned row per member with its gossip address, status and tags.
+pub async fn members(conn: &ConnectArgs) -> Result<(), Error> {
+    let members = conn.connect().await?.members().await?;
+    let _ = std::io::stdout()
+        .lock()
+        .write_all(members_table(&members).as_bytes());
+    Ok(())
+}
+
+/// The text of `proglog members`: NAME, ADDRESS, STATUS, TAGS (`k=v`
+/// comma-separated, sorted by key), aligned.
+fn members_table(members: &[GossipMember]) -> String {
+    let mut rows = vec![[
+        "NAME".to_string(),
+        "ADDRESS".into(),
+        "STATUS".into(),
+        "TAGS".into(),
+    ]];
+    for m in members {
+        let mut tags: Vec<(&String, &String)> = m.tags.iter().collect();
+        tags.sort();
+        let tags: Vec<String> = tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        rows.push([
+            m.name.clone(),
+            m.addr.clone(),
+            m.status.clone(),
+            tags.join(","),
+        ]);
+    }
+    let widths: Vec<usize> = (0..4)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 /// `proglog add-voter`: adds node `id` as a voter (a learner first, until
 /// it caught up), on the leader.
 pub async fn add_voter(
@@ -321,6 +367,30 @@ mod tests {
         assert!(
             text.contains("bee   10.0.0.22:8400  voter    -\n"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn members_table_aligns_rows_and_sorts_tags() {
+        use proglog_client::proto::admin::GossipMember;
+        let member = |name: &str, status: &str, tags: &[(&str, &str)]| GossipMember {
+            name: name.into(),
+            addr: format!("10.0.0.{}:8401", name.len()),
+            status: status.into(),
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let text = super::members_table(&[
+            member("a", "alive", &[("rpc_addr", "10.0.0.1:8400"), ("id", "7")]),
+            member("bee", "failed", &[]),
+        ]);
+        assert_eq!(
+            text,
+            "NAME  ADDRESS        STATUS  TAGS\n\
+             a     10.0.0.1:8401  alive   id=7,rpc_addr=10.0.0.1:8400\n\
+             bee   10.0.0.3:8401  failed\n"
         );
     }
 

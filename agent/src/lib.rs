@@ -1,13 +1,14 @@
-//! proglog agent library: the WAL, Raft storage and the one-node Raft, the
-//! gRPC service with its security and transports, configuration, and the
-//! agent that wires them. Gossip and the cluster build on these (see
-//! ARCHITECTURE.md at the repository root).
+//! proglog agent library: the WAL, Raft storage and the Raft cluster, gossip
+//! discovery and the leader's membership reconcile, the gRPC service with
+//! its security and transports, configuration, and the agent that wires
+//! them (see ARCHITECTURE.md at the repository root).
 
 pub mod agent;
 pub mod bench;
 pub mod certs;
 pub mod cli;
 pub mod config;
+pub mod discovery;
 pub mod log;
 pub mod raft;
 pub mod sd_notify;

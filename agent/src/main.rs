@@ -55,6 +55,11 @@ enum Command {
         #[command(flatten)]
         conn: cli::ConnectArgs,
     },
+    /// List the gossip members this agent sees: address, status, tags.
+    Members {
+        #[command(flatten)]
+        conn: cli::ConnectArgs,
+    },
     /// Show this agent's Raft view: term, leader, indexes, members.
     Status {
         #[command(flatten)]
@@ -158,6 +163,7 @@ fn main() -> ExitCode {
         } => client(|| cli::consume(&conn, from, follow, json)),
         Command::Servers { conn } => client(|| cli::servers(&conn)),
         Command::Status { conn } => client(|| cli::status(&conn)),
+        Command::Members { conn } => client(|| cli::members(&conn)),
         Command::AddVoter {
             conn,
             id,

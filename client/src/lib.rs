@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use proglog_proto::admin::admin_client::AdminClient;
 use proglog_proto::admin::{
-    AddVoterRequest, ClusterStatusRequest, ClusterStatusResponse, RemoveServerRequest,
-    TransferLeadershipRequest, LEADER_ADDR_METADATA,
+    AddVoterRequest, ClusterStatusRequest, ClusterStatusResponse, GossipMember, MembersRequest,
+    RemoveServerRequest, TransferLeadershipRequest, LEADER_ADDR_METADATA,
 };
 use proglog_proto::log_client::LogClient;
 use proglog_proto::{
@@ -234,6 +234,17 @@ impl Client {
             .cluster_status(ClusterStatusRequest {})
             .await?
             .into_inner())
+    }
+
+    /// The agent's gossip view: every member with its status and tags
+    /// (ACL action `admin`).
+    pub async fn members(&mut self) -> Result<Vec<GossipMember>> {
+        Ok(self
+            .admin
+            .members(MembersRequest {})
+            .await?
+            .into_inner()
+            .members)
     }
 
     /// Adds node `id` (named `name`, reachable at `rpc_addr`) as a voter,

@@ -248,13 +248,17 @@ impl Drop for AgentProcess {
 }
 
 /// A cluster of real `proglog agent` processes on loopback sharing one
-/// fixture: node 0 bootstraps, the others join it by `--start-join-addrs`.
+/// fixture: node 0 bootstraps, the others join it by `--start-join-addrs`
+/// (node 0's gossip address).
 /// The base of the cluster tests.
 pub struct ProcessCluster {
     /// Certificates and ACL.
     pub fx: Fixture,
     /// RPC port of each node (fixed: membership records the address).
     pub ports: Vec<u16>,
+    /// Gossip port of each node (fixed: the others join node 0's, and
+    /// gossip reconnects to a restarted node at its old address).
+    pub gossip_ports: Vec<u16>,
     /// Each node's process, `None` while it is down.
     pub procs: Vec<Option<AgentProcess>>,
     /// Extra flags for every node.
@@ -283,6 +287,7 @@ impl ProcessCluster {
         ProcessCluster {
             fx: Fixture::new(),
             ports: (0..n).map(|_| free_port()).collect(),
+            gossip_ports: (0..n).map(|_| free_port()).collect(),
             procs: (0..n).map(|_| None).collect(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             starts: 0,
@@ -315,10 +320,13 @@ impl ProcessCluster {
     /// `proglog agent` flags of node `i`.
     pub fn args(&self, i: usize) -> Vec<String> {
         let mut args = self.fx.agent_args(&format!("node{i}"), self.ports[i]);
+        if let Some(at) = args.iter().position(|a| a == "--bind-addr") {
+            args[at + 1] = format!("127.0.0.1:{}", self.gossip_ports[i]);
+        }
         if i > 0 {
             args.retain(|a| a != "--bootstrap");
             args.push("--start-join-addrs".into());
-            args.push(format!("127.0.0.1:{}", self.ports[0]));
+            args.push(format!("127.0.0.1:{}", self.gossip_ports[0]));
         }
         args.extend(["--node-name".into(), format!("node{i}")]);
         args.extend(self.extra.iter().cloned());
@@ -352,6 +360,24 @@ impl ProcessCluster {
                     f.next()?.to_string(),
                     f.next()?.to_string(),
                     f.next()? == "leader",
+                ))
+            })
+            .collect()
+    }
+
+    /// `proglog members` on node `i`: (name, gossip address, status, tags).
+    pub fn members(&self, i: usize) -> Vec<(String, String, String, String)> {
+        let out = client("members", &self.conn(i), &[], "");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .filter_map(|line| {
+                let mut f = line.split_whitespace();
+                Some((
+                    f.next()?.to_string(),
+                    f.next()?.to_string(),
+                    f.next()?.to_string(),
+                    f.next().unwrap_or_default().to_string(),
                 ))
             })
             .collect()

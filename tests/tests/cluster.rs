@@ -1,8 +1,12 @@
 //! Cluster tests with real processes: three `proglog agent`s formed by
-//! flags alone (`--bootstrap`, `--start-join-addrs`), SIGKILL of the leader,
-//! a restarted node catching up.
+//! flags alone (`--bootstrap`, `--start-join-addrs` naming node 0's gossip
+//! address), SIGKILL of the leader, a restarted node catching up; a killed
+//! follower marked failed by gossip, removed from Raft after
+//! `--reap-timeout`, and added again when it comes back.
 
-use proglog_tests::ProcessCluster;
+use std::time::Duration;
+
+use proglog_tests::{eventually, ProcessCluster};
 
 fn values(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
@@ -110,4 +114,78 @@ fn a_client_with_one_seed_rides_out_a_leader_sigkill_without_appending_twice() {
             "node{i} holds more than 1000 records"
         );
     }
+}
+
+#[test]
+fn a_killed_follower_is_reaped_from_raft_and_added_again_when_it_returns() {
+    let mut cluster = ProcessCluster::start(3, &["--reap-timeout", "3s"]);
+    let leader = cluster.leader();
+    // Not node 0 when it can be helped: the others join through node 0.
+    let follower = (0..3).rev().find(|&i| i != leader).unwrap();
+    let name = format!("node{follower}");
+    for i in 0..3 {
+        eventually(
+            &format!("node{i} to see 3 alive gossip members tagged with the cluster"),
+            Duration::from_secs(30),
+            || {
+                let members = cluster.members(i);
+                let ready = |m: &(String, String, String, String)| {
+                    m.2 == "alive" && m.3.contains("cluster=")
+                };
+                (members.len() == 3 && members.iter().all(ready)).then_some(())
+            },
+        );
+    }
+    let tags = cluster
+        .members(leader)
+        .into_iter()
+        .find(|m| m.0 == name)
+        .unwrap()
+        .3;
+    assert!(
+        tags.contains("rpc_addr=127.0.0.1:") && tags.contains("id=") && tags.contains("cluster="),
+        "{tags}"
+    );
+    let mut acked: Vec<(u64, String)> = Vec::new();
+    let batch = values("before", 10);
+    acked.extend(cluster.produce(leader, &batch).into_iter().zip(batch));
+
+    cluster.kill9(follower);
+    let killed = std::time::Instant::now();
+    eventually(
+        &format!("the leader to see {name} failed"),
+        Duration::from_secs(20),
+        || {
+            let members = cluster.members(leader);
+            members
+                .iter()
+                .any(|m| m.0 == name && m.2 == "failed")
+                .then_some(())
+        },
+    );
+    let failed = killed.elapsed();
+    cluster.wait_servers(leader, 2);
+    eprintln!(
+        "{name} killed: seen failed after {failed:?}, out of raft after {:?} (reap timeout 3s)",
+        killed.elapsed()
+    );
+    assert!(cluster.servers(leader).iter().all(|s| s.0 != name));
+    // Two voters now: a write needs both, and gets them.
+    let batch = values("while-down", 10);
+    acked.extend(cluster.produce(leader, &batch).into_iter().zip(batch));
+
+    cluster.start_node(follower);
+    cluster.wait_servers(leader, 3);
+    cluster.wait_records(follower, &acked);
+    eventually(
+        &format!("the leader to see {name} alive again"),
+        Duration::from_secs(20),
+        || {
+            let members = cluster.members(leader);
+            members
+                .iter()
+                .any(|m| m.0 == name && m.2 == "alive")
+                .then_some(())
+        },
+    );
 }

@@ -203,14 +203,15 @@ fn nodes_started_at_once_form_one_cluster_and_a_wiped_bootstrap_node_is_refused(
         );
     }
 
-    // Node 0 loses its data; restarted with --bootstrap and the survivors
-    // as --start-join-addrs, it must not found a second cluster.
+    // Node 0 loses its data; restarted with --bootstrap and the survivors'
+    // gossip addresses as --start-join-addrs, it must not found a second
+    // cluster.
     let (status, stderr) = cluster.terminate(0);
     assert!(status.success(), "{stderr}");
     std::fs::remove_dir_all(cluster.fx.path("node0")).unwrap();
     let survivors = format!(
         "127.0.0.1:{},127.0.0.1:{}",
-        cluster.ports[1], cluster.ports[2]
+        cluster.gossip_ports[1], cluster.gossip_ports[2]
     );
     let mut args = cluster.args(0);
     assert!(args.contains(&"--bootstrap".to_string()));

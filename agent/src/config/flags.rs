@@ -37,7 +37,8 @@ pub struct AgentFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub advertise_addr: Option<String>,
-    /// RPC addresses of cluster members to join through, comma-separated.
+    /// Gossip addresses (host:port, another member's --bind-addr) to join
+    /// the cluster through, comma-separated.
     #[arg(long, value_delimiter = ',')]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub start_join_addrs: Option<Vec<String>>,
@@ -159,4 +160,14 @@ pub struct AgentFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retention_age: Option<String>,
+    /// Remove a member from Raft once gossip has seen it failed this long,
+    /// e.g. 30m (default 72h).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reap_timeout: Option<String>,
+    /// File with the gossip encryption key (base64 of 32 bytes; e.g.
+    /// `head -c32 /dev/urandom | base64`).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gossip_key_file: Option<PathBuf>,
 }

@@ -69,9 +69,9 @@ pub struct Config {
     pub advertise_addr: Option<String>,
     /// Initialize a new cluster with this node (no-op when state exists).
     pub bootstrap: bool,
-    /// RPC addresses (`host:port`) of members to ask to add this node to
-    /// their cluster at start (no-op once this node is a member). Until
-    /// gossip discovery lands these are RPC addresses, not gossip ones.
+    /// Gossip addresses (`host:port`, another member's `bind_addr`) to
+    /// join the cluster's gossip through at start, retried until one
+    /// answers. The leader then adds this node to Raft.
     pub start_join_addrs: Vec<String>,
     /// No TLS, no ACL, 127.0.0.1 only: for development.
     pub dev: bool,
@@ -133,6 +133,12 @@ pub struct Config {
     /// Drop segments last written longer ago than this, e.g. "168h"
     /// ("0s": no limit).
     pub retention_age: String,
+    /// A member that gossip has seen failed for this long is removed from
+    /// Raft by the leader, e.g. "72h" (positive).
+    pub reap_timeout: String,
+    /// File holding the gossip encryption key: base64 of 32 bytes. Unset:
+    /// gossip is not encrypted.
+    pub gossip_key_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -173,6 +179,8 @@ impl Default for Config {
             max_producers: crate::raft::producers::DEFAULT_MAX_PRODUCERS,
             retention_bytes: 0,
             retention_age: "0s".into(),
+            reap_timeout: "72h".into(),
+            gossip_key_file: None,
         }
     }
 }
@@ -282,6 +290,11 @@ impl Config {
             return Err(invalid("snapshot_threshold", 0, "must be at least 1"));
         }
         self.produce_timeout()?;
+        self.reap_timeout()?;
+        if let Some(path) = &self.gossip_key_file {
+            crate::discovery::GossipKey::from_file(path)
+                .map_err(|e| invalid("gossip_key_file", path.display(), &e.to_string()))?;
+        }
         if self.max_producers == 0 {
             return Err(invalid("max_producers", 0, "must be at least 1"));
         }
@@ -357,6 +370,20 @@ impl Config {
             return Err(invalid(
                 "produce_timeout",
                 &self.produce_timeout,
+                "must be positive",
+            ));
+        }
+        Ok(timeout)
+    }
+
+    /// How long a member may be failed before the leader removes it.
+    pub fn reap_timeout(&self) -> Result<Duration, ConfigError> {
+        let timeout = crate::units::parse_duration(&self.reap_timeout)
+            .map_err(|e| invalid("reap_timeout", &self.reap_timeout, &e))?;
+        if timeout.is_zero() {
+            return Err(invalid(
+                "reap_timeout",
+                &self.reap_timeout,
                 "must be positive",
             ));
         }

@@ -241,3 +241,37 @@ fn addresses_must_be_host_and_port() {
         assert!(err.contains(key) && err.contains(bad), "{err}");
     }
 }
+
+#[test]
+fn reap_timeout_and_gossip_key_file_are_checked() {
+    let dev = Config {
+        dev: true,
+        ..Config::default()
+    };
+    assert_eq!(
+        dev.reap_timeout().unwrap(),
+        std::time::Duration::from_secs(72 * 3600)
+    );
+    for bad in ["0s", "soon"] {
+        let config = Config {
+            reap_timeout: bad.into(),
+            ..dev.clone()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("reap_timeout") && err.contains(bad), "{err}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("gossip.key");
+    std::fs::write(&key, "c2hvcnQ=\n").unwrap();
+    let config = Config {
+        gossip_key_file: Some(key.clone()),
+        ..dev.clone()
+    };
+    let err = config.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("gossip_key_file") && err.contains("gossip.key"),
+        "{err}"
+    );
+    std::fs::write(&key, "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=\n").unwrap();
+    config.validate().unwrap();
+}

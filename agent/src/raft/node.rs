@@ -45,7 +45,7 @@ use tracing::info;
 use super::{LogStore, Member, Request, Response, StateMachine, TypeConfig};
 use crate::log::{LogConfig, LogError};
 use loops::*;
-pub use membership::{ClusterStatus, MemberStatus, MembershipError};
+pub use membership::{ClusterStatus, MemberStatus, MembershipError, RoleWatch};
 pub use network::{Campaigned, Forward, Forwarded, NoNetwork};
 use propose::*;
 

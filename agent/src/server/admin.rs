@@ -1,6 +1,6 @@
-//! The `proglog.admin.v1.Admin` gRPC service: membership changes and the
-//! Raft view of the cluster, for operators (`proglog status`,
-//! `add-voter`, `remove-peer`, `transfer-leader`).
+//! The `proglog.admin.v1.Admin` gRPC service: membership changes, the
+//! Raft view of the cluster and the gossip view, for operators (`proglog
+//! status`, `members`, `add-voter`, `remove-peer`, `transfer-leader`).
 //!
 //! Every call is authorized by the ACL action [`ADMIN`]. The mutating
 //! calls run on the leader only: a follower answers FAILED_PRECONDITION
@@ -9,17 +9,18 @@
 //! caller retries there. This module turns requests into [`RaftNode`]
 //! calls; it does not change membership itself.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use proglog_proto::admin::admin_server::Admin as AdminRpc;
 use proglog_proto::admin::{
     AddVoterRequest, AddVoterResponse, ClusterMember, ClusterStatusRequest, ClusterStatusResponse,
-    RemoveServerRequest, RemoveServerResponse, TransferLeadershipRequest,
-    TransferLeadershipResponse,
+    GossipMember, MembersRequest, MembersResponse, RemoveServerRequest, RemoveServerResponse,
+    TransferLeadershipRequest, TransferLeadershipResponse,
 };
 use tonic::{Request, Response, Status};
 
 use super::auth::{Authorizer, ADMIN};
+use crate::discovery::Membership;
 use crate::raft::node::MembershipError;
 use crate::raft::{Member, RaftNode};
 
@@ -51,13 +52,26 @@ pub enum AdminError {
 pub struct AdminService {
     node: RaftNode,
     auth: Arc<Authorizer>,
+    /// Gossip, once started (never in dev mode).
+    membership: Arc<OnceLock<Membership>>,
 }
 
 impl AdminService {
     /// A service that changes and reports `node`'s cluster, checking
     /// callers with `auth` (action [`ADMIN`]).
     pub fn new(node: RaftNode, auth: Arc<Authorizer>) -> AdminService {
-        AdminService { node, auth }
+        AdminService {
+            node,
+            auth,
+            membership: Arc::default(),
+        }
+    }
+
+    /// Answers Members from `membership` once it is set (gossip starts
+    /// after the server does).
+    pub fn with_membership(mut self, membership: Arc<OnceLock<Membership>>) -> AdminService {
+        self.membership = membership;
+        self
     }
 
     /// Refuses a mutating call on a node that does not lead, naming the
@@ -110,7 +124,15 @@ impl AdminRpc for AdminService {
             return Err(AdminError::InvalidArgument("node is empty".into()).into());
         }
         self.check_leader()?;
-        let id = resolve(&members(&self.node), &node)?;
+        let members = members(&self.node);
+        let id = resolve(&members, &node)?;
+        // Gossip must not add an alive node straight back.
+        if let (Some(gossip), Some((_, member))) = (
+            self.membership.get(),
+            members.iter().find(|(m, _)| *m == id),
+        ) {
+            gossip.hold_out(&member.name);
+        }
         self.node
             .remove_member(id)
             .await
@@ -143,6 +165,30 @@ impl AdminRpc for AdminService {
     ) -> Result<Response<ClusterStatusResponse>, Status> {
         self.auth.authorize(&req, ADMIN)?;
         Ok(Response::new(cluster_status(&self.node)))
+    }
+
+    async fn members(
+        &self,
+        req: Request<MembersRequest>,
+    ) -> Result<Response<MembersResponse>, Status> {
+        self.auth.authorize(&req, ADMIN)?;
+        let Some(membership) = self.membership.get() else {
+            return Err(Status::failed_precondition(
+                "gossip is not running on this agent (dev mode, or still starting)",
+            ));
+        };
+        let members = membership
+            .members()
+            .await
+            .into_iter()
+            .map(|m| GossipMember {
+                name: m.name,
+                addr: m.addr.to_string(),
+                status: m.status.to_string(),
+                tags: m.tags.into_iter().collect(),
+            })
+            .collect();
+        Ok(Response::new(MembersResponse { members }))
     }
 }
 

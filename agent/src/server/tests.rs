@@ -50,6 +50,8 @@ impl Node {
         let mut config = Config {
             data_dir: dir.path().join("data"),
             node_name: "test-node".into(),
+            // Gossip on a port of its own: tests run in parallel.
+            bind_addr: "127.0.0.1:0".parse().unwrap(),
             rpc_port: 0,
             bootstrap: true,
             acl_model_file: Some(acl.join("model.conf")),

@@ -44,6 +44,7 @@ async fn root_may_call_admin_rpcs_and_nobody_is_denied() {
         code(nobody.transfer_leadership(None).await),
         Code::PermissionDenied
     );
+    assert_eq!(code(nobody.members().await), Code::PermissionDenied);
     // Denied before any argument is looked at.
     assert_eq!(
         code(nobody.add_voter(0, "", "").await),

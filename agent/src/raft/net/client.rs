@@ -20,8 +20,7 @@ use openraft::raft::{
 use proglog_proto::raft::raft_client::RaftClient;
 use proglog_proto::raft::{
     snapshot_chunk_reply, CampaignRequest, ClusterInfoRequest, ClusterInfoResponse, ForwardRequest,
-    JoinRequest, JoinResponse, LeaveRequest, LeaveResponse, Payload, SnapshotChunk,
-    SnapshotInventoryRequest,
+    LeaveRequest, LeaveResponse, Payload, SnapshotChunk, SnapshotInventoryRequest,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -45,7 +44,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_FIRST: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// The Raft network of a node: openraft's RPCs, forwarded appends, joins
+/// The Raft network of a node: openraft's RPCs, forwarded appends, leaves
 /// and campaign requests, each over the peer's one long-lived connection
 /// (tonic reconnects it when it breaks; openraft backs off an unreachable
 /// peer, see [`PeerClient::backoff`]). Cheap to clone; clones share the
@@ -141,21 +140,6 @@ impl PeerNetwork {
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         channels.insert(addr.to_string(), client.clone());
         Ok(client)
-    }
-
-    /// Asks the member at `addr` to add this node to its cluster.
-    pub async fn join(
-        &self,
-        addr: &str,
-        req: JoinRequest,
-        timeout: Duration,
-    ) -> Result<JoinResponse, Status> {
-        let mut request = tonic::Request::new(req);
-        request.set_timeout(timeout);
-        let answer = tokio::time::timeout(timeout, self.client(addr)?.join(request)).await;
-        Ok(answer
-            .map_err(|_| Status::deadline_exceeded("join timed out"))??
-            .into_inner())
     }
 
     /// Asks the member at `addr` (the leader, or a node that passes it on)

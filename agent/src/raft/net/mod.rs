@@ -12,12 +12,13 @@
 //!
 //! [`client::PeerNetwork`] dials (openraft's network factory, and the
 //! node's forwarding to the leader); [`server::RaftService`] answers. A
-//! node joins a cluster by asking any member ([`join_loop`]). Snapshot
-//! chunks travel as [`delta`] chunks: the bytes of store files the
-//! receiver already holds are sent as references to them.
+//! node joins a cluster through gossip (`crate::discovery`): the leader
+//! sees it and adds it. Snapshot chunks travel as [`delta`] chunks: the
+//! bytes of store files the receiver already holds are sent as references
+//! to them.
 //!
-//! Around a node's life: [`existing_cluster`] asks the `--start-join-addrs`
-//! of a node about to bootstrap whether they belong to a cluster already
+//! Around a node's life: [`existing_cluster`] asks the members a node
+//! about to bootstrap found by gossip whether they belong to a cluster already
 //! (the agent then refuses to start a second one), and [`leave_cluster`]
 //! has a stopping node removed from the membership
 //! (`--leave-on-terminate`).
@@ -31,9 +32,8 @@ mod tests;
 
 use std::time::Duration;
 
-use proglog_proto::raft::{ClusterInfoResponse, JoinRequest, LeaveRequest};
+use proglog_proto::raft::{ClusterInfoResponse, LeaveRequest};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use crate::transport::RAFT_RPC;
@@ -47,66 +47,11 @@ use super::RaftNode;
 /// entries of at most 8 MiB of records each, plus framing; a snapshot
 /// chunk is smaller.
 pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
-/// How long a join may take: the leader answers once the new node has
-/// caught up as a learner and was promoted.
-pub const JOIN_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the leader may take to remove a leaving node (two membership
 /// changes, joint then final).
 pub const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The wait between leave attempts (the leader moved, none known yet).
 const LEAVE_RETRY: Duration = Duration::from_millis(200);
-/// The first and the longest wait between join attempts.
-const JOIN_RETRY_FIRST: Duration = Duration::from_millis(200);
-const JOIN_RETRY_MAX: Duration = Duration::from_secs(5);
-
-/// Asks the members at `seeds`, in turn and with backoff, to add `node`
-/// to their cluster, until one accepts or `stop` fires. A node that is
-/// already a member (it has Raft state) does not ask.
-pub async fn join_loop(
-    node: RaftNode,
-    network: PeerNetwork,
-    seeds: Vec<String>,
-    stop: CancellationToken,
-) {
-    let mut wait = JOIN_RETRY_FIRST;
-    loop {
-        match node.raft().is_initialized().await {
-            Ok(true) => return,
-            Ok(false) => {}
-            Err(_) => return,
-        }
-        for seed in &seeds {
-            let req = JoinRequest {
-                node_id: node.id(),
-                name: node.member().name.clone(),
-                rpc_addr: node.member().rpc_addr.clone(),
-                cluster_id: node.cluster_id().unwrap_or(0),
-            };
-            let joined = tokio::select! {
-                _ = stop.cancelled() => return,
-                joined = network.join(seed, req, JOIN_TIMEOUT) => joined,
-            };
-            match joined {
-                Ok(answer) => match node.adopt_cluster_id(answer.cluster_id).await {
-                    Ok(()) => {
-                        info!(%seed, cluster_id = answer.cluster_id, "joined the cluster");
-                        return;
-                    }
-                    Err(e) => warn!(%seed, error = %e, "joined, but the cluster id was not saved"),
-                },
-                Err(status) => {
-                    warn!(%seed, error = %status.message(), code = ?status.code(), "join failed; retrying")
-                }
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-        }
-        wait = (wait * 2).min(JOIN_RETRY_MAX);
-    }
-}
-
 /// Asks each of `seeds` (at once, each for at most `timeout`) which
 /// cluster it belongs to; returns the first that belongs to one (a
 /// cluster id, or Raft state of a join in progress), with its answer.

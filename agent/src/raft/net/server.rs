@@ -6,20 +6,20 @@
 use proglog_proto::raft::raft_server::Raft as RaftRpc;
 use proglog_proto::raft::{
     snapshot_chunk_reply, CampaignRequest, CampaignResponse, ClusterInfoRequest,
-    ClusterInfoResponse, ForwardRequest, ForwardResponse, JoinRequest, JoinResponse, LeaveRequest,
-    LeaveResponse, Payload, SnapshotChunk, SnapshotChunkReply, SnapshotInventoryRequest,
-    SnapshotInventoryResponse, StoreFile,
+    ClusterInfoResponse, ForwardRequest, ForwardResponse, LeaveRequest, LeaveResponse, Payload,
+    SnapshotChunk, SnapshotChunkReply, SnapshotInventoryRequest, SnapshotInventoryResponse,
+    StoreFile,
 };
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
-use tracing::{info, warn};
+use tracing::info;
 
 use super::client::PeerNetwork;
 use super::delta::{self, DeltaError, StoreFiles};
-use super::{JOIN_TIMEOUT, LEAVE_TIMEOUT, MAX_MESSAGE_BYTES};
+use super::{LEAVE_TIMEOUT, MAX_MESSAGE_BYTES};
 use crate::raft::node::MembershipError;
 use crate::raft::snapshot::store_name;
-use crate::raft::{codec, Member, RaftNode};
+use crate::raft::{codec, RaftNode};
 
 /// The peer service of one node.
 pub struct RaftService {
@@ -28,7 +28,7 @@ pub struct RaftService {
 }
 
 impl RaftService {
-    /// The service of `node`; `network` passes joins on to the leader.
+    /// The service of `node`; `network` passes leaves on to the leader.
     pub fn new(node: RaftNode, network: PeerNetwork) -> RaftService {
         RaftService { node, network }
     }
@@ -143,46 +143,6 @@ impl RaftRpc for RaftService {
         Ok(Response::new(ForwardResponse {
             first_offset,
             count,
-        }))
-    }
-
-    /// Adds the asking node: on the leader, as a learner promoted once
-    /// caught up; elsewhere, passed on to the leader. A node that belongs
-    /// to another cluster is refused.
-    async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
-        let req = req.into_inner();
-        if req.name.is_empty() || req.rpc_addr.is_empty() || req.node_id == 0 {
-            return Err(Status::invalid_argument(
-                "a join needs the node's id, name and rpc_addr",
-            ));
-        }
-        match self.node.leader() {
-            Some((leader, _)) if leader == self.node.id() => {}
-            Some((_, member)) => {
-                return self
-                    .network
-                    .join(&member.rpc_addr, req, JOIN_TIMEOUT)
-                    .await
-                    .map(Response::new)
-            }
-            None => return Err(Status::unavailable("no leader known yet")),
-        }
-        let cluster = self
-            .node
-            .cluster_id()
-            .ok_or_else(|| Status::unavailable("this leader has no cluster id"))?;
-        if req.cluster_id != 0 && req.cluster_id != cluster {
-            warn!(node = %req.name, theirs = req.cluster_id, ours = cluster, "join refused: another cluster");
-            return Err(Status::failed_precondition(format!(
-                "node {} belongs to cluster {}, not {cluster}",
-                req.name, req.cluster_id
-            )));
-        }
-        let member = Member::new(req.name, req.rpc_addr);
-        info!(node_id = req.node_id, %member, "join requested");
-        self.node.add_voter(req.node_id, member).await?;
-        Ok(Response::new(JoinResponse {
-            cluster_id: cluster,
         }))
     }
 

@@ -1,5 +1,6 @@
 //! The Raft network over real sockets and TLS: agents in process forming a
-//! cluster by `start_join_addrs`, forwarding, GetServers, peer admission.
+//! cluster by `start_join_addrs` (gossip, then the leader's reconcile),
+//! forwarding, GetServers, peer admission.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -50,12 +51,18 @@ impl Cluster {
         };
         for i in 0..n {
             let seed = cluster.agents.first().and_then(|a| a.as_ref());
-            let config = tweak(cluster.config(i, seed.map(|a| a.rpc_addr().to_string())));
+            let seed = seed
+                .and_then(|a| a.membership())
+                .map(|m| m.addr().to_string());
+            let config = tweak(cluster.config(i, seed));
             config.validate().unwrap();
             let agent = Agent::start(config.clone(), None).await.unwrap();
-            // Restarts keep the port: membership records the address.
+            // Restarts keep the ports: Raft membership records the RPC
+            // address, and the others look for the gossip one.
+            let gossip = agent.membership().expect("gossip runs").addr();
             let config = Config {
                 rpc_port: agent.rpc_addr().port(),
+                bind_addr: gossip,
                 ..config
             };
             cluster.configs.push(config);
@@ -72,6 +79,7 @@ impl Cluster {
         let config = Config {
             data_dir: self.dir.path().join(format!("node{i}")),
             node_name: format!("node{i}"),
+            bind_addr: "127.0.0.1:0".parse().unwrap(),
             rpc_port: 0,
             bootstrap: seed.is_none(),
             start_join_addrs: seed.into_iter().collect(),

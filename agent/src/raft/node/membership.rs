@@ -45,6 +45,21 @@ pub struct MemberStatus {
     pub matched: Option<u64>,
 }
 
+/// Wakes on a change of leader, role or membership (see
+/// [`RaftNode::role_watch`]).
+pub struct RoleWatch(
+    tokio::sync::watch::Receiver<openraft::metrics::RaftServerMetrics<u64, Member>>,
+);
+
+impl RoleWatch {
+    /// Waits for the next change; never returns once the node has stopped.
+    pub async fn changed(&mut self) {
+        if self.0.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// Why a membership change was not made.
 #[derive(Debug, thiserror::Error)]
 pub enum MembershipError {
@@ -214,6 +229,13 @@ impl RaftNode {
         let leader = metrics.current_leader?;
         let member = metrics.membership_config.membership().get_node(&leader)?;
         Some((leader, member.clone()))
+    }
+
+    /// A watch that wakes on a change of leader, Raft role or
+    /// membership (not on every applied entry), for loops that act when
+    /// this node starts leading or joins the membership.
+    pub fn role_watch(&self) -> RoleWatch {
+        RoleWatch(self.raft.server_metrics())
     }
 
     pub(super) fn check_leader(&self) -> Result<(), MembershipError> {
