@@ -6,14 +6,16 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
 use proglog_client::proto::admin::{ClusterStatusResponse, GossipMember};
-use proglog_client::{leader_addr, Client, Error, Target, Tls};
+use proglog_client::{leader_addr, Client, ClusterClient, ClusterConfig, Error, Target, Tls};
 use tokio_stream::StreamExt;
 
 /// How to reach an agent (shared by the client subcommands).
 #[derive(Debug, clap::Args)]
 pub struct ConnectArgs {
-    /// Agent address(es), host:port[,host:port...]; the first that answers
-    /// is used.
+    /// Agent address(es), host:port[,host:port...]: seeds from which
+    /// `produce` and `consume --follow` learn the cluster (writes go to the
+    /// leader, streams to a follower); other commands use the first that
+    /// answers.
     #[arg(long, default_value = "127.0.0.1:8400", value_delimiter = ',')]
     pub addr: Vec<String>,
     /// CA that signs the agents' certificates (PEM).
@@ -53,6 +55,16 @@ impl ConnectArgs {
     }
 
     /// The client TLS material the flags name, if any.
+    /// A leader-aware client of the cluster, seeded with every `--addr`
+    /// (`None` over the Unix socket: one agent).
+    pub async fn cluster(&self) -> Result<Option<ClusterClient>, Error> {
+        if self.unix_socket.is_some() {
+            return Ok(None);
+        }
+        let config = ClusterConfig::new(self.addr.clone(), self.tls()?);
+        Ok(Some(ClusterClient::connect(config).await?))
+    }
+
     fn tls(&self) -> Result<Option<Tls>, Error> {
         Ok(
             match (&self.tls_ca_file, &self.tls_cert_file, &self.tls_key_file) {
@@ -91,10 +103,20 @@ impl ConnectArgs {
 /// `proglog produce`: each argument, or each stdin line, becomes a record;
 /// prints one offset per line.
 pub async fn produce(conn: &ConnectArgs, values: Vec<String>) -> Result<(), Error> {
-    let mut client = conn.connect().await?;
+    // Over TCP through the cluster's leader, idempotent and retried across
+    // a leader change; over the Unix socket through that agent.
+    let cluster = conn.cluster().await?;
+    let mut single = match &cluster {
+        Some(_) => None,
+        None => Some(conn.connect().await?),
+    };
     let mut out = std::io::stdout().lock();
     let mut send = async |value: Vec<u8>| -> Result<(), Error> {
-        let offset = client.produce(value).await?;
+        let offset = match (&cluster, &mut single) {
+            (Some(cluster), _) => cluster.produce(value).await?,
+            (None, Some(client)) => client.produce(value).await?,
+            (None, None) => unreachable!("one of the two is set"),
+        };
         let _ = writeln!(out, "{offset}");
         Ok(())
     };
@@ -117,16 +139,26 @@ pub async fn produce(conn: &ConnectArgs, values: Vec<String>) -> Result<(), Erro
 /// `proglog consume`: prints records from `from` to the end of the log (or
 /// forever with `follow`), one per line.
 pub async fn consume(conn: &ConnectArgs, from: u64, follow: bool, json: bool) -> Result<(), Error> {
-    let mut client = conn.connect().await?;
     let mut out = std::io::stdout().lock();
     if follow {
-        let mut stream = client.consume_stream(from).await?;
+        // Over TCP from a follower, resuming on another server across a
+        // failover; over the Unix socket from that agent.
+        if let Some(cluster) = conn.cluster().await? {
+            let mut stream = cluster.consume_stream(from);
+            while let Some(item) = stream.next().await {
+                let (offset, value) = item?;
+                print_record(&mut out, offset, &value, json);
+            }
+            return Ok(());
+        }
+        let mut stream = conn.connect().await?.consume_stream(from).await?;
         while let Some(item) = stream.next().await {
             let (offset, value) = item?;
             print_record(&mut out, offset, &value, json);
         }
         return Ok(());
     }
+    let mut client = conn.connect().await?;
     let mut offset = from;
     loop {
         match client.consume(offset).await {

@@ -18,7 +18,8 @@ fn a_cluster_formed_by_flags_keeps_acked_records_across_a_leader_sigkill() {
     let leader = cluster.leader();
     let follower = (0..3).find(|&i| i != leader).unwrap();
     let mut acked: Vec<(u64, String)> = Vec::new();
-    // Through the leader and through a follower (forwarded).
+    // Seeded with the leader and with a follower: the CLI finds the leader
+    // either way (forwarding itself is tested over sockets, raft::net).
     for node in [leader, follower] {
         let batch = values(&format!("via-node{node}"), 20);
         let offsets = cluster.produce(node, &batch);
