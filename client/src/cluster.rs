@@ -37,6 +37,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasher, Hasher};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -50,7 +51,7 @@ use tonic::transport::channel::Change;
 use tonic::transport::Channel;
 use tonic::Code;
 
-use crate::{endpoint, Client, Error, Result, Target, Tls};
+use crate::{endpoint, unix_channel, Client, Error, Result, Target, Tls};
 
 /// How to reach a cluster.
 #[derive(Debug, Clone)]
@@ -59,6 +60,10 @@ pub struct ClusterConfig {
     pub seeds: Vec<String>,
     /// Client TLS; `None` speaks plaintext (`--dev` agents).
     pub tls: Option<Tls>,
+    /// The co-located agent's Unix socket: when set, every call goes to
+    /// that agent (which forwards writes to the leader) and `seeds` and
+    /// `tls` are not used.
+    pub unix_socket: Option<PathBuf>,
     /// How long one call may take, retries across a leader change
     /// included.
     pub deadline: Duration,
@@ -72,8 +77,17 @@ impl ClusterConfig {
         ClusterConfig {
             seeds,
             tls,
+            unix_socket: None,
             deadline: Duration::from_secs(10),
             refresh: Duration::from_secs(5),
+        }
+    }
+
+    /// A config for the co-located agent's Unix socket at `path`.
+    pub fn unix(path: impl Into<PathBuf>) -> ClusterConfig {
+        ClusterConfig {
+            unix_socket: Some(path.into()),
+            ..ClusterConfig::new(Vec::new(), None)
         }
     }
 }
@@ -81,6 +95,8 @@ impl ClusterConfig {
 /// The first and the longest wait between retries.
 const BACKOFF_FIRST: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// The connection key of the Unix socket (never a `host:port`).
+const UNIX_KEY: &str = "unix socket";
 /// How long a balanced channel's check of a server may take.
 const REACHABLE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -175,7 +191,10 @@ impl ClusterClient {
     /// Asks the known servers, then the seeds, for the server list; keeps
     /// the first non-empty answer.
     pub async fn refresh(&self) -> Result<Vec<Server>> {
-        let mut candidates: Vec<String> = self.servers().into_iter().map(|s| s.rpc_addr).collect();
+        let mut candidates: Vec<String> = match self.inner.config.unix_socket {
+            Some(_) => vec![UNIX_KEY.to_string()],
+            None => self.servers().into_iter().map(|s| s.rpc_addr).collect(),
+        };
         candidates.extend(self.inner.config.seeds.iter().cloned());
         let mut last = Error::Address("no seed addresses".into());
         for addr in candidates {
@@ -212,11 +231,14 @@ impl ClusterClient {
         {
             return Ok(c.clone());
         }
-        let client = Client::connect(Target::Tcp {
-            addr: addr.to_string(),
-            tls: self.inner.config.tls.clone(),
-        })
-        .await?;
+        let target = match &self.inner.config.unix_socket {
+            Some(path) => Target::Unix(path.clone()),
+            None => Target::Tcp {
+                addr: addr.to_string(),
+                tls: self.inner.config.tls.clone(),
+            },
+        };
+        let client = Client::connect(target).await?;
         let mut state = self.inner.state.lock().expect("not poisoned");
         Ok(state
             .conns
@@ -268,7 +290,10 @@ impl ClusterClient {
             if stale {
                 let _ = self.refresh().await;
             }
-            let target = pick(&self.servers());
+            let target = match self.inner.config.unix_socket {
+                Some(_) => Some(UNIX_KEY.to_string()),
+                None => pick(&self.servers()),
+            };
             let result = match target.clone() {
                 Some(addr) => match self.conn(&addr).await {
                     Ok(client) => {
@@ -416,7 +441,11 @@ impl ClusterClient {
             let mut failing_since: Option<Instant> = None;
             loop {
                 let turn = this.inner.turn.fetch_add(1, Ordering::Relaxed);
-                let opened = match pick_reader(&this.servers(), turn).map(str::to_string) {
+                let target = match this.inner.config.unix_socket {
+                    Some(_) => Some(UNIX_KEY.to_string()),
+                    None => pick_reader(&this.servers(), turn).map(str::to_string),
+                };
+                let opened = match target {
                     Some(addr) => match this.conn(&addr).await {
                         Ok(mut c) => c.consume_stream(next).await,
                         Err(e) => Err(e),
@@ -465,6 +494,10 @@ impl ClusterClient {
     /// that does not answer is left out until it does): for apps that call
     /// the generated clients directly. The list task ends when the channel is dropped.
     pub fn channel(&self, role: Role) -> Channel {
+        if let Some(path) = self.inner.config.unix_socket.clone() {
+            // One agent, which forwards writes: its socket.
+            return unix_channel(path);
+        }
         let (channel, changes) = Channel::balance_channel::<String>(64);
         let this = self.clone();
         tokio::spawn(async move {

@@ -109,6 +109,19 @@ pub fn endpoint(addr: &str, tls: Option<&Tls>) -> Result<Endpoint> {
     Ok(endpoint)
 }
 
+/// A channel to the agent's Unix socket at `path`, connected on first use
+/// (and again after the agent restarts).
+pub(crate) fn unix_channel(path: PathBuf) -> Channel {
+    let connector = tower::service_fn(move |_| {
+        let path = path.clone();
+        async move {
+            let sock = tokio::net::UnixStream::connect(path).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(sock))
+        }
+    });
+    Endpoint::from_static("http://unix.socket").connect_with_connector_lazy(connector)
+}
+
 /// Where an agent listens.
 #[derive(Debug, Clone)]
 pub enum Target {
@@ -135,18 +148,7 @@ impl Client {
     pub async fn connect(target: Target) -> Result<Client> {
         let channel = match target {
             Target::Tcp { addr, tls } => endpoint(&addr, tls.as_ref())?.connect().await?,
-            Target::Unix(path) => {
-                let connector = tower::service_fn(move |_| {
-                    let path = path.clone();
-                    async move {
-                        let sock = tokio::net::UnixStream::connect(path).await?;
-                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(sock))
-                    }
-                });
-                Endpoint::from_static("http://unix.socket")
-                    .connect_with_connector(connector)
-                    .await?
-            }
+            Target::Unix(path) => unix_channel(path),
         };
         Ok(Client {
             admin: AdminClient::new(channel.clone()),

@@ -267,6 +267,14 @@ async fn unix_socket_serves_without_tls_as_its_subject() {
         node.client("root").await.consume(0).await.unwrap(),
         b"via unix"
     );
+    // The cluster client in its Unix socket mode: the one agent.
+    let cluster =
+        proglog_client::ClusterClient::connect(proglog_client::ClusterConfig::unix(&path))
+            .await
+            .unwrap();
+    assert_eq!(cluster.produce("cluster client").await.unwrap(), 1);
+    assert_eq!(cluster.consume(1).await.unwrap(), b"cluster client");
+    assert_eq!(cluster.servers().len(), 1);
 
     let denied_path = socket.path().join("nobody.sock");
     let other = Node::start(|c| {
