@@ -232,10 +232,17 @@ fn status_table(s: &ClusterStatusResponse) -> String {
             matched,
         ]);
     }
-    let widths: Vec<usize> = (0..5)
+    out.push_str(&aligned(&rows));
+    out
+}
+
+/// Rows as text, each column padded to its widest cell, two spaces apart.
+fn aligned<const N: usize>(rows: &[[String; N]]) -> String {
+    let widths: Vec<usize> = (0..N)
         .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
         .collect();
-    for row in &rows {
+    let mut out = String::new();
+    for row in rows {
         let cells: Vec<String> = row
             .iter()
             .zip(&widths)
@@ -277,20 +284,7 @@ fn members_table(members: &[GossipMember]) -> String {
             tags.join(","),
         ]);
     }
-    let widths: Vec<usize> = (0..4)
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for row in &rows {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    aligned(&rows)
 }
 
 /// `proglog add-voter`: adds node `id` as a voter (a learner first, until
