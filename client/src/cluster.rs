@@ -270,16 +270,19 @@ impl ClusterClient {
             .remove(addr);
     }
 
-    /// Runs `call` against the address `pick` chooses, refreshing the list
-    /// and retrying with backoff on retryable errors until the deadline.
+    /// Runs `call` against the address `pick` chooses for each attempt
+    /// (numbered from 0, so a reader that fails is not picked again at
+    /// once), refreshing the list and retrying with backoff on retryable
+    /// errors until the deadline.
     async fn with_retries<T, P, C, F>(&self, pick: P, mut call: C) -> Result<T>
     where
-        P: Fn(&[Server]) -> Option<String>,
+        P: Fn(&[Server], usize) -> Option<String>,
         C: FnMut(Client) -> F,
         F: std::future::Future<Output = Result<T>>,
     {
         let deadline = Instant::now() + self.inner.config.deadline;
         let mut wait = BACKOFF_FIRST;
+        let mut attempt = 0;
         loop {
             let stale = {
                 let state = self.inner.state.lock().expect("not poisoned");
@@ -292,7 +295,7 @@ impl ClusterClient {
             }
             let target = match self.inner.config.unix_socket {
                 Some(_) => Some(UNIX_KEY.to_string()),
-                None => pick(&self.servers()),
+                None => pick(&self.servers(), attempt),
             };
             let result = match target.clone() {
                 Some(addr) => match self.conn(&addr).await {
@@ -319,6 +322,7 @@ impl ClusterClient {
                     }
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(BACKOFF_MAX);
+                    attempt += 1;
                     let _ = self.refresh().await;
                 }
                 other => return other,
@@ -333,7 +337,7 @@ impl ClusterClient {
         let value = value.into();
         let producer_id = self.inner.producer_id.clone();
         self.with_retries(
-            |s| pick_leader(s).map(str::to_string),
+            |s, _| pick_leader(s).map(str::to_string),
             |mut c| {
                 let request = ProduceRequest {
                     record: Some(Record {
@@ -355,7 +359,7 @@ impl ClusterClient {
         let sequence = self.inner.sequence.fetch_add(1, Ordering::Relaxed);
         let producer_id = self.inner.producer_id.clone();
         self.with_retries(
-            |s| pick_leader(s).map(str::to_string),
+            |s, _| pick_leader(s).map(str::to_string),
             |mut c| {
                 let request = ProduceBatchRequest {
                     records: values
@@ -386,7 +390,7 @@ impl ClusterClient {
     pub async fn consume(&self, offset: u64) -> Result<Vec<u8>> {
         let turn = self.inner.turn.fetch_add(1, Ordering::Relaxed);
         self.with_retries(
-            |s| pick_reader(s, turn).map(str::to_string),
+            |s, attempt| pick_reader(s, turn + attempt).map(str::to_string),
             |mut c| async move { c.consume(offset).await },
         )
         .await

@@ -98,6 +98,13 @@ fn a_client_with_one_seed_rides_out_a_leader_sigkill_without_appending_twice() {
             .unwrap()
             .into_inner();
         assert_eq!(last.record.unwrap().value, b"record-999");
+        // Past the end, on any reader: OUT_OF_RANGE.
+        match client.consume(1000).await {
+            Err(proglog_client::Error::Status(s)) => {
+                assert_eq!(s.code(), tonic::Code::OutOfRange, "{s:?}")
+            }
+            other => panic!("expected OUT_OF_RANGE past the end, got {other:?}"),
+        }
         acked
     });
     let offsets: Vec<u64> = acked.iter().map(|a| a.0).collect();
