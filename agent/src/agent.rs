@@ -222,7 +222,11 @@ impl Agent {
         ) {
             if !node.initialized().await? {
                 let probe = async {
-                    let membership = start_membership(discovery.clone()).await?;
+                    // Without the Raft id tag, so the leader of the cluster
+                    // found (if any) does not add this node meanwhile.
+                    let (mut untagged, key) = discovery.clone();
+                    untagged.tags.remove(TAG_ID);
+                    let membership = start_membership((untagged, key)).await?;
                     let refused = refuse_second_cluster(&node, network, &membership).await;
                     early = Some(membership);
                     refused
@@ -318,7 +322,12 @@ impl Agent {
         // Raft as soon as it is seen.
         if let Some(discovery) = discovery {
             let membership = match early {
-                Some(membership) => membership,
+                Some(membership) => {
+                    membership
+                        .set_tag(TAG_ID, &agent.node.id().to_string())
+                        .await?;
+                    membership
+                }
                 None => start_membership(discovery).await?,
             };
             agent.tasks.spawn(reconcile_loop(
