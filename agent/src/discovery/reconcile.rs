@@ -2,7 +2,8 @@
 //! against Raft membership, one change at a time.
 //!
 //! - alive in gossip, not a Raft voter: added ([`RaftNode::add_voter`]:
-//!   a learner first, promoted once caught up);
+//!   a learner first, promoted once caught up); a voter whose `rpc_addr`
+//!   tag differs from its Raft entry is added again, which updates it;
 //! - failed in gossip for longer than `--reap-timeout`: removed;
 //! - left gossip (a graceful leave): removed;
 //! - in Raft but unknown to gossip for longer than `--reap-timeout` (it
@@ -123,7 +124,15 @@ impl Reconciler {
                             why: format!("{} came back as node {id}", g.name),
                         });
                     }
-                    if voters.get(&id).is_some_and(|(_, voter)| *voter) {
+                    // A voter recorded as it still is: nothing to do. One
+                    // whose address changed (restarted elsewhere) is added
+                    // again, which updates its entry.
+                    let current =
+                        |m: &Member| g.tags.get(TAG_RPC_ADDR).is_none_or(|a| *a == m.rpc_addr);
+                    if voters
+                        .get(&id)
+                        .is_some_and(|(m, voter)| *voter && current(m))
+                    {
                         continue;
                     }
                     match g.tags.get(TAG_RPC_ADDR) {

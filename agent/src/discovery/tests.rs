@@ -254,6 +254,25 @@ fn plan_adds_alive_members_not_yet_voters_and_only_of_this_cluster() {
         r.plan(&raft(&[(1, true), (2, true)]), Some(5), &g, REAP, now),
         None
     );
+    // A voter that moved (a new rpc_addr): added again, which updates
+    // its address in Raft.
+    let mut moved = gossip(2, GossipStatus::Alive, Some(5), None);
+    moved
+        .tags
+        .insert(TAG_RPC_ADDR.to_string(), "10.0.0.2:8400".into());
+    assert_eq!(
+        r.plan(
+            &raft(&[(1, true), (2, true)]),
+            Some(5),
+            &[me.clone(), moved],
+            REAP,
+            now
+        ),
+        Some(Change::Add {
+            id: 2,
+            member: Member::new("node2", "10.0.0.2:8400"),
+        })
+    );
     // Same cluster tag: added; another cluster's: never.
     let g = [me.clone(), gossip(3, GossipStatus::Alive, Some(5), None)];
     assert_eq!(r.plan(&raft(&[(1, true)]), Some(5), &g, REAP, now), add(3));
