@@ -150,12 +150,8 @@ impl PeerNetwork {
         req: LeaveRequest,
         timeout: Duration,
     ) -> Result<LeaveResponse, Status> {
-        let mut request = tonic::Request::new(req);
-        request.set_timeout(timeout);
-        let answer = tokio::time::timeout(timeout, self.client(addr)?.leave(request)).await;
-        Ok(answer
-            .map_err(|_| Status::deadline_exceeded("leave timed out"))??
-            .into_inner())
+        let mut client = self.client(addr)?;
+        bounded("leave", req, Instant::now() + timeout, |r| client.leave(r)).await
     }
 
     /// Asks the node at `addr` which cluster it belongs to.
@@ -164,21 +160,43 @@ impl PeerNetwork {
         addr: &str,
         timeout: Duration,
     ) -> Result<ClusterInfoResponse, Status> {
-        let mut request = tonic::Request::new(ClusterInfoRequest {});
-        request.set_timeout(timeout);
-        let answer = tokio::time::timeout(timeout, self.client(addr)?.cluster_info(request)).await;
-        Ok(answer
-            .map_err(|_| Status::deadline_exceeded("cluster info timed out"))??
-            .into_inner())
+        let mut client = self.client(addr)?;
+        let deadline = Instant::now() + timeout;
+        bounded("cluster info", ClusterInfoRequest {}, deadline, |r| {
+            client.cluster_info(r)
+        })
+        .await
     }
 
     /// Asks the voter at `addr` to start an election now.
     pub async fn campaign(&self, addr: &str, deadline: Instant) -> Result<(), Status> {
-        let mut request = tonic::Request::new(CampaignRequest {});
-        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
-        let answer = tokio::time::timeout_at(deadline, self.client(addr)?.campaign(request)).await;
-        answer.map_err(|_| Status::deadline_exceeded("campaign request timed out"))??;
+        let mut client = self.client(addr)?;
+        bounded("campaign request", CampaignRequest {}, deadline, |r| {
+            client.campaign(r)
+        })
+        .await?;
         Ok(())
+    }
+}
+
+/// Makes one peer call of `req` by `deadline`: the deadline travels with
+/// the request (`grpc-timeout`) and bounds the wait here too, so a peer
+/// that never answers costs no more than it. `what` names the call in the
+/// DEADLINE_EXCEEDED status.
+async fn bounded<T, R, F>(
+    what: &str,
+    req: T,
+    deadline: Instant,
+    call: impl FnOnce(tonic::Request<T>) -> F,
+) -> Result<R, Status>
+where
+    F: std::future::Future<Output = Result<tonic::Response<R>, Status>>,
+{
+    let mut request = tonic::Request::new(req);
+    request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+    match tokio::time::timeout_at(deadline, call(request)).await {
+        Ok(answer) => Ok(answer?.into_inner()),
+        Err(_) => Err(Status::deadline_exceeded(format!("{what} timed out"))),
     }
 }
 
