@@ -8,11 +8,15 @@
 //! ([`AgentError::ClusterExists`]). The stop on SIGTERM is
 //! [`Agent::terminate`]: hand leadership on, leave the membership if
 //! `leave_on_terminate`, then [`Agent::shutdown`].
+//!
+//! With `metrics_addr`, the agent also serves `/metrics`, `/health` and
+//! `/ready` there (`telemetry/`), and measures its gRPC calls, WAL fsyncs,
+//! Raft, gossip and process.
 
 use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -45,6 +49,8 @@ use crate::raft::node::NoNetwork;
 use crate::raft::{Member, NodeError, NodeSettings, RaftNode};
 use crate::server::auth::{AclError, Authorizer};
 use crate::server::{AdminService, LogService};
+use crate::telemetry::http::{MetricsServer, Readiness};
+use crate::telemetry::metrics::{GrpcLayer, Metrics, MetricsError};
 use crate::transport::tls::{self, PeerTls, TlsError};
 use crate::transport::{PlainTcp, RaftRoute, TlsTcp, Transport, Unix};
 
@@ -97,6 +103,9 @@ pub enum AgentError {
     /// Gossip could not start.
     #[error(transparent)]
     Discovery(#[from] DiscoveryError),
+    /// Metrics could not be set up.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
     /// Binding or another I/O step failed.
     #[error("{what}: {source}")]
     Io {
@@ -133,6 +142,10 @@ pub struct Agent {
     cancel: CancellationToken,
     tasks: TaskTracker,
     log_level: Option<LogLevelHook>,
+    /// Metrics, when `metrics_addr` is set.
+    metrics: Option<Metrics>,
+    /// Set once the agent serves (`/ready` needs it and a leader).
+    serving: Arc<AtomicBool>,
     _lock: File,
 }
 
@@ -160,9 +173,13 @@ impl Agent {
         let rpc_addr = listener
             .local_addr()
             .map_err(io_err("reading the bound address"))?;
+        let metrics = config.metrics_addr.map(|_| Metrics::new()).transpose()?;
         let advertise = config.advertise_addr(rpc_addr);
         let (auth, tls, peer_tls) = if config.dev {
-            warn!("dev mode: no TLS, no ACL, listening on 127.0.0.1 only");
+            warn!(
+                "dev mode: no TLS, no ACL, listening on {rpc_addr} only; reach it with \
+                 `proglog produce --addr {rpc_addr} ...` (no TLS flags)"
+            );
             (Authorizer::allow_all(), None, None)
         } else {
             let (model, policy) = (
@@ -185,6 +202,7 @@ impl Agent {
             member: Member::new(config.node_name.clone(), advertise.clone()),
             log: LogConfig {
                 fs,
+                sync_observer: metrics.as_ref().map(Metrics::sync_observer),
                 ..config.log_config()
             },
             snapshot_threshold: config.snapshot_threshold,
@@ -207,6 +225,22 @@ impl Agent {
                     .map_err(io_err(format!("binding unix socket {}", path.display())))?,
             ),
             None => None,
+        };
+        let serving = Arc::new(AtomicBool::new(false));
+        let metrics_server = match (&metrics, config.metrics_addr) {
+            (Some(metrics), Some(addr)) => {
+                metrics.observe_node(node.clone());
+                metrics.observe_process(config.data_dir.clone());
+                let ready = readiness(node.clone(), Arc::clone(&serving));
+                let server = MetricsServer::bind(addr, metrics.clone(), ready)
+                    .await
+                    .map_err(io_err(format!("binding metrics address {addr}")))?;
+                if let Ok(addr) = server.local_addr() {
+                    info!(%addr, "serving /metrics, /health and /ready");
+                }
+                Some(server)
+            }
+            _ => None,
         };
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -257,6 +291,7 @@ impl Agent {
                 let stop = cancel.clone().cancelled_owned();
                 tasks.spawn(async move {
                     let served = Server::builder()
+                        .trace_fn(crate::telemetry::traces::peer_span)
                         .add_service(raft)
                         .serve_with_incoming_shutdown(ReceiverStream::new(incoming), stop)
                         .await;
@@ -282,6 +317,7 @@ impl Agent {
         let (reporter, health) = tonic_health::server::health_reporter();
         reporter.set_serving::<LogServer<LogService>>().await;
         let reap_timeout = config.reap_timeout().expect("validated");
+        let limits = config.connection_limits().expect("validated");
         let agent = Agent {
             config: ArcSwap::from_pointee(config),
             node,
@@ -295,8 +331,13 @@ impl Agent {
             cancel,
             tasks,
             log_level,
+            metrics,
+            serving,
             _lock: lock,
         };
+        if let Some(server) = metrics_server {
+            agent.tasks.spawn(server.serve(agent.cancel.clone()));
+        }
         agent.tasks.spawn(report_failure(
             agent.node.failure_watch(),
             reporter,
@@ -308,11 +349,16 @@ impl Agent {
                     listener,
                     tls: Arc::clone(tls),
                     raft: raft_route,
+                    limits,
                 },
                 service.clone(),
                 health.clone(),
             ),
-            None => agent.serve(PlainTcp { listener }, service.clone(), health.clone()),
+            None => agent.serve(
+                PlainTcp { listener, limits },
+                service.clone(),
+                health.clone(),
+            ),
         }
         if let Some(unix) = unix {
             info!(path = %unix.path.display(), "serving on unix socket");
@@ -336,8 +382,16 @@ impl Agent {
                 reap_timeout,
                 agent.cancel.clone(),
             ));
+            if let Some(metrics) = &agent.metrics {
+                agent.tasks.spawn(
+                    metrics
+                        .clone()
+                        .watch_membership(membership.clone(), agent.cancel.clone()),
+                );
+            }
             let _ = agent.membership.set(membership);
         }
+        agent.serving.store(true, Ordering::Release);
         info!(
             addr = %rpc_addr,
             node = %agent.config.load().node_name,
@@ -367,8 +421,18 @@ impl Agent {
         );
         let incoming = transport.incoming(self.cancel.clone());
         let stop = self.cancel.clone().cancelled_owned();
+        let measured = self
+            .metrics
+            .as_ref()
+            .map_or_else(GrpcLayer::disabled, Metrics::grpc_layer);
+        let limits = self.config.load().connection_limits().expect("validated");
         self.tasks.spawn(async move {
             let served = Server::builder()
+                .max_concurrent_streams(limits.max_concurrent_streams)
+                .concurrency_limit_per_connection(limits.max_in_flight_per_connection)
+                .load_shed(true)
+                .trace_fn(crate::telemetry::traces::grpc_span)
+                .layer(measured)
                 .add_service(health)
                 .add_service(reflection)
                 .add_service(log)
@@ -470,11 +534,13 @@ impl Agent {
             || new.sync_interval_ms != old.sync_interval_ms
             || new.produce_timeout != old.produce_timeout
             || new.max_producers != old.max_producers
-            || new.snapshot_threshold_bytes != old.snapshot_threshold_bytes;
+            || new.snapshot_threshold_bytes != old.snapshot_threshold_bytes
+            || new.connection_limits().ok() != old.connection_limits().ok();
         if restart_only {
             warn!(
                 "some changed settings (addresses, data dir, sync, produce_timeout, \
-                 max_producers, snapshot_threshold_bytes) take effect on restart"
+                 max_producers, snapshot_threshold_bytes, connection limits) take \
+                 effect on restart"
             );
         }
         self.config.store(Arc::new(applied));
@@ -499,13 +565,16 @@ impl Agent {
         .collect()
     }
 
-    /// The stop on SIGTERM (DESIGN.md "Lifecycle"): a leader first hands
+    /// The stop on SIGTERM (ARCHITECTURE.md, "Shutdown"): a leader first hands
     /// leadership to the most caught-up follower (bounded; a failure is
     /// logged and the stop goes on); with `leave_on_terminate` the node
     /// then has itself removed from the membership (else it stays a
     /// member, and a restart with the same command line rejoins at once);
     /// then [`Agent::shutdown`] drains, syncs and closes.
     pub async fn terminate(self) -> Result<(), LogError> {
+        // `/ready` turns 503 first, so load balancers stop sending here
+        // while leadership is handed on.
+        self.serving.store(false, Ordering::Release);
         self.hand_off().await;
         if self.config.load().leave_on_terminate {
             self.leave().await;
@@ -566,8 +635,8 @@ impl Agent {
         info!("shutting down");
         self.cancel.cancel();
         if let Some(membership) = self.membership.get() {
-            // No leave: a stopped node stays a Raft member (DESIGN.md
-            // "Lifecycle"); the others see it failed until it returns.
+            // No leave: a stopped node stays a Raft member (ARCHITECTURE.md,
+            // "Shutdown"); the others see it failed until it returns.
             if let Err(e) = membership.shutdown().await {
                 warn!(error = %e, "stopping gossip");
             }
@@ -667,6 +736,24 @@ async fn start_membership(
         config.key = Some(key);
     }
     Ok(Membership::start(config).await?)
+}
+
+/// `/ready`: the node has not failed, the agent serves, and a leader is
+/// known, so that a load balancer sends writes only to a node that can
+/// take them.
+fn readiness(node: RaftNode, serving: Arc<AtomicBool>) -> Readiness {
+    Arc::new(move || {
+        if let Some(why) = node.failure() {
+            return Err(format!("failed: {why}"));
+        }
+        if !serving.load(Ordering::Acquire) {
+            return Err("not serving: starting or stopping".into());
+        }
+        match node.leader() {
+            Some(_) => Ok(()),
+            None => Err("no leader known".into()),
+        }
+    })
 }
 
 /// Turns health (the server as a whole and `log.v1.Log`) to NOT_SERVING

@@ -107,6 +107,21 @@ pub fn generate(dir: &Path, hosts: &[String]) -> Result<(), CertsError> {
     Ok(())
 }
 
+/// What [`generate`] wrote, for `proglog certs` to print: each file with
+/// its role, and the flags that use them.
+pub fn summary(dir: &Path, hosts: &[String]) -> String {
+    let d = dir.display();
+    format!(
+        "wrote a development CA and certificates in {d}/:\n\
+         \x20 ca.pem, ca-key.pem                        the CA (keep ca-key.pem private)\n\
+         \x20 server.pem, server-key.pem                agents, server and client auth (peers); SANs {}\n\
+         \x20 root-client.pem, root-client-key.pem      client CN root (config/policy.csv allows it)\n\
+         \x20 nobody-client.pem, nobody-client-key.pem  client CN nobody (no ACL rights)\n\
+         clients: --tls-ca-file {d}/ca.pem --tls-cert-file {d}/root-client.pem --tls-key-file {d}/root-client-key.pem\n",
+        hosts.join(", ")
+    )
+}
+
 fn write(dir: &Path, name: &str, contents: &str, mode: u32) -> Result<(), CertsError> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join(name);

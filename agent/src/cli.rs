@@ -1,12 +1,18 @@
 //! The client subcommands: `produce`, `consume`, `servers`, `members`, and
 //! the operator verbs `status`, `add-voter`, `remove-peer`,
 //! `transfer-leader` (the admin service), built on `proglog-client`.
+//! A failed connection is explained (what was dialled, what happened, the
+//! likely fix: see [`proglog_client::diagnose()`]); statuses print as
+//! `CODE_NAME: message`.
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
 use proglog_client::proto::admin::{ClusterStatusResponse, GossipMember};
-use proglog_client::{leader_addr, Client, ClusterClient, ClusterConfig, Error, Target, Tls};
+use proglog_client::{
+    diagnose, diagnose::probe, leader_addr, retained_range, Client, ClusterClient, ClusterConfig,
+    Error, Target, Tls,
+};
 use tokio_stream::StreamExt;
 
 /// How to reach an agent (shared by the client subcommands).
@@ -54,7 +60,47 @@ impl ConnectArgs {
         Err(last)
     }
 
-    /// The client TLS material the flags name, if any.
+    /// Explains a connection failure of `result` (see
+    /// [`proglog_client::diagnose()`]) against each address dialled;
+    /// other results pass through.
+    pub async fn explain<T>(&self, result: Result<T, Error>) -> Result<T, Error> {
+        let error = match result {
+            Ok(value) => return Ok(value),
+            Err(e) => e,
+        };
+        let targets: Vec<Target> = match &self.unix_socket {
+            Some(path) => vec![Target::Unix(path.clone())],
+            None => {
+                let tls = self.tls()?;
+                self.addr
+                    .iter()
+                    .map(|addr| Target::Tcp {
+                        addr: addr.clone(),
+                        tls: tls.clone(),
+                    })
+                    .collect()
+            }
+        };
+        let [first, rest @ ..] = targets.as_slice() else {
+            return Err(error);
+        };
+        let what = error.to_string();
+        let explained = diagnose(first, error).await;
+        if rest.is_empty() || !matches!(explained, Error::Unreachable { .. }) {
+            return Err(explained);
+        }
+        // Several seeds, none reachable: one line per address.
+        let mut lines = vec![explained.to_string()];
+        for target in rest {
+            lines.push(probe(target, what.clone()).await.to_string());
+        }
+        Err(Error::Unreachable {
+            addr: self.addr.join(","),
+            cause: "no address answered".into(),
+            hint: format!("\n  {}", lines.join("\n  ")),
+        })
+    }
+
     /// A leader-aware client of the cluster, seeded with every `--addr`
     /// (`None` over the Unix socket: one agent).
     pub async fn cluster(&self) -> Result<Option<ClusterClient>, Error> {
@@ -65,6 +111,7 @@ impl ConnectArgs {
         Ok(Some(ClusterClient::connect(config).await?))
     }
 
+    /// The client TLS material the flags name, if any.
     fn tls(&self) -> Result<Option<Tls>, Error> {
         Ok(
             match (&self.tls_ca_file, &self.tls_cert_file, &self.tls_key_file) {
@@ -103,77 +150,182 @@ impl ConnectArgs {
 /// `proglog produce`: each argument, or each stdin line, becomes a record;
 /// prints one offset per line.
 pub async fn produce(conn: &ConnectArgs, values: Vec<String>) -> Result<(), Error> {
-    // Over TCP through the cluster's leader, idempotent and retried across
-    // a leader change; over the Unix socket through that agent.
-    let cluster = conn.cluster().await?;
-    let mut single = match &cluster {
-        Some(_) => None,
-        None => Some(conn.connect().await?),
-    };
-    let mut out = std::io::stdout().lock();
-    let mut send = async |value: Vec<u8>| -> Result<(), Error> {
-        let offset = match (&cluster, &mut single) {
-            (Some(cluster), _) => cluster.produce(value).await?,
-            (None, Some(client)) => client.produce(value).await?,
-            (None, None) => unreachable!("one of the two is set"),
-        };
-        let _ = writeln!(out, "{offset}");
-        Ok(())
-    };
-    if values.is_empty() {
-        for line in std::io::stdin().lock().lines() {
-            let line = line.map_err(|source| Error::File {
-                path: "<stdin>".into(),
-                source,
-            })?;
-            send(line.into_bytes()).await?;
+    conn.explain(
+        async {
+            // Over TCP through the cluster's leader, idempotent and retried across
+            // a leader change; over the Unix socket through that agent.
+            let cluster = conn.cluster().await?;
+            let mut single = match &cluster {
+                Some(_) => None,
+                None => Some(conn.connect().await?),
+            };
+            let mut out = std::io::stdout().lock();
+            let mut send = async |value: Vec<u8>| -> Result<(), Error> {
+                let offset = match (&cluster, &mut single) {
+                    (Some(cluster), _) => cluster.produce(value).await?,
+                    (None, Some(client)) => client.produce(value).await?,
+                    (None, None) => unreachable!("one of the two is set"),
+                };
+                let _ = writeln!(out, "{offset}");
+                Ok(())
+            };
+            if values.is_empty() {
+                for line in std::io::stdin().lock().lines() {
+                    let line = line.map_err(|source| Error::File {
+                        path: "<stdin>".into(),
+                        source,
+                    })?;
+                    send(line.into_bytes()).await?;
+                }
+            } else {
+                for v in values {
+                    send(v.into_bytes()).await?;
+                }
+            }
+            Ok(())
         }
-    } else {
-        for v in values {
-            send(v.into_bytes()).await?;
-        }
-    }
-    Ok(())
+        .await,
+    )
+    .await
 }
 
 /// `proglog consume`: prints records from `from` to the end of the log (or
-/// forever with `follow`), one per line.
-pub async fn consume(conn: &ConnectArgs, from: u64, follow: bool, json: bool) -> Result<(), Error> {
-    let mut out = std::io::stdout().lock();
-    if follow {
-        // Over TCP from a follower, resuming on another server across a
-        // failover; over the Unix socket from that agent.
-        if let Some(cluster) = conn.cluster().await? {
-            let mut stream = cluster.consume_stream(from);
-            while let Some(item) = stream.next().await {
-                let (offset, value) = item?;
-                print_record(&mut out, offset, &value, json);
+/// forever with `follow`), one per line. Without `from` it starts where the
+/// log starts: at 0, or, when retention removed the first records, at the
+/// lowest offset the agent holds (saying so on stderr). An explicit `from`
+/// that holds no record fails with the agent's `OUT_OF_RANGE`, which says
+/// whether retention removed it (naming where the log starts) or it is
+/// past the end. A follow stream that is cut fails after saying on stderr
+/// where to resume.
+pub async fn consume(
+    conn: &ConnectArgs,
+    from: Option<u64>,
+    follow: bool,
+    json: bool,
+) -> Result<(), Error> {
+    conn.explain(
+        async {
+            let mut out = std::io::stdout().lock();
+            // Where retention let the log start, when `from` was not given
+            // and nothing was printed yet: the reader moves there.
+            let skip = |at: u64, printed: bool, e: &Error| {
+                let (lowest, _) = retained_range(e)?;
+                (from.is_none() && !printed && at < lowest).then(|| {
+                    eprintln!(
+                        "proglog consume: records before offset {lowest} were removed by \
+                         retention; starting at {lowest}"
+                    );
+                    lowest
+                })
+            };
+            let mut next = from.unwrap_or(0);
+            if follow {
+                // Over TCP from a follower, resuming on another server across a
+                // failover; over the Unix socket from that agent. A follow
+                // never ends by itself: an end is a cut, said on stderr.
+                let cluster = conn.cluster().await?;
+                let mut printed = false;
+                let cut = loop {
+                    let at = next;
+                    let cut = match &cluster {
+                        Some(cluster) => {
+                            let stream = cluster.consume_stream(at);
+                            print_stream(stream, &mut out, json, &mut next).await
+                        }
+                        None => match conn.connect().await?.consume_stream(at).await {
+                            Ok(stream) => print_stream(stream, &mut out, json, &mut next).await,
+                            Err(e) => match skip(at, printed, &e) {
+                                Some(lowest) => {
+                                    next = lowest;
+                                    continue;
+                                }
+                                None => return Err(e),
+                            },
+                        },
+                    };
+                    printed |= next > at;
+                    match skip(at, printed, &cut) {
+                        Some(lowest) => next = lowest,
+                        None => break cut,
+                    }
+                };
+                let _ = out.flush();
+                eprintln!("proglog consume: the stream was cut (resume with --from {next})");
+                return Err(cut);
             }
-            return Ok(());
+            let mut client = conn.connect().await?;
+            let mut printed = false;
+            loop {
+                match client.consume(next).await {
+                    Ok(value) => {
+                        print_record(&mut out, next, &value, json);
+                        printed = true;
+                    }
+                    Err(e) => {
+                        if let Some(lowest) = skip(next, printed, &e) {
+                            next = lowest;
+                            continue;
+                        }
+                        let past_end = match retained_range(&e) {
+                            Some((_, end)) => next >= end,
+                            // An agent that does not send the range: any
+                            // OUT_OF_RANGE after the start is the end.
+                            None => matches!(&e, Error::Status(s) if s.code() == tonic::Code::OutOfRange),
+                        };
+                        // The end of the log, reached by reading (or an
+                        // empty log, without `from`); an explicit `from`
+                        // with no record there gets the agent's answer.
+                        if past_end && (printed || from.is_none()) {
+                            return Ok(());
+                        }
+                        return Err(e);
+                    }
+                }
+                next += 1;
+            }
         }
-        let mut stream = conn.connect().await?.consume_stream(from).await?;
-        while let Some(item) = stream.next().await {
-            let (offset, value) = item?;
-            print_record(&mut out, offset, &value, json);
-        }
-        return Ok(());
-    }
-    let mut client = conn.connect().await?;
-    let mut offset = from;
+        .await,
+    )
+    .await
+}
+
+/// Prints a follow stream's records, keeping `next` one past the last
+/// printed, until the stream fails or ends; returns why it stopped.
+async fn print_stream(
+    mut stream: impl tokio_stream::Stream<Item = Result<(u64, Vec<u8>), Error>> + Unpin,
+    out: &mut impl Write,
+    json: bool,
+    next: &mut u64,
+) -> Error {
     loop {
-        match client.consume(offset).await {
-            Ok(value) => print_record(&mut out, offset, &value, json),
-            Err(Error::Status(s)) if s.code() == tonic::Code::OutOfRange => return Ok(()),
-            Err(e) => return Err(e),
+        match stream.next().await {
+            Some(Ok((offset, value))) => {
+                print_record(out, offset, &value, json);
+                *next = offset + 1;
+            }
+            Some(Err(e)) => return e,
+            None => return ended(),
         }
-        offset += 1;
     }
 }
 
-/// `proglog servers`: one line per server: id, address, leader flag.
+/// The error of a follow stream that the agent ended (it stopped or
+/// drained): a follow only ends when cut.
+fn ended() -> Error {
+    Error::Status(tonic::Status::unavailable(
+        "the agent ended the stream (stopping or restarting?)",
+    ))
+}
+
+/// `proglog servers`: one line per server: id, address, leader flag. When
+/// the list names no leader it is still printed, then the command fails
+/// (exit 1) saying so: a script that checks the exit status must not take
+/// a cluster that cannot accept writes for a healthy one.
 pub async fn servers(conn: &ConnectArgs) -> Result<(), Error> {
-    let mut client = conn.connect().await?;
-    for s in client.servers().await? {
+    let list = conn
+        .explain(async { conn.connect().await?.servers().await }.await)
+        .await?;
+    for s in &list {
         println!(
             "{}\t{}\t{}",
             s.id,
@@ -181,16 +333,43 @@ pub async fn servers(conn: &ConnectArgs) -> Result<(), Error> {
             if s.is_leader { "leader" } else { "follower" }
         );
     }
-    Ok(())
+    leader_named(&list)
+}
+
+/// What `proglog servers` says after its list (on stderr, as `proglog:
+/// UNAVAILABLE: ...`) when the list names no leader.
+pub const NO_LEADER: &str = "no leader: the cluster is electing one or has lost its quorum \
+     (the list above is this node's view; writes fail until a leader is elected)";
+
+/// What `proglog servers` says when the node lists no server at all.
+pub const NO_CLUSTER: &str =
+    "no leader: this node knows no cluster yet (not bootstrapped, not joined)";
+
+/// Ok when `servers` names a leader; else UNAVAILABLE (the code a write
+/// gets meanwhile) with [`NO_LEADER`], or [`NO_CLUSTER`] for an empty list.
+fn leader_named(servers: &[proglog_client::proto::Server]) -> Result<(), Error> {
+    if servers.iter().any(|s| s.is_leader) {
+        Ok(())
+    } else if servers.is_empty() {
+        Err(Error::Status(tonic::Status::unavailable(NO_CLUSTER)))
+    } else {
+        Err(Error::Status(tonic::Status::unavailable(NO_LEADER)))
+    }
 }
 
 /// `proglog status`: the agent's Raft view, then one row per member.
 pub async fn status(conn: &ConnectArgs) -> Result<(), Error> {
-    let status = conn.connect().await?.cluster_status().await?;
-    let _ = std::io::stdout()
-        .lock()
-        .write_all(status_table(&status).as_bytes());
-    Ok(())
+    conn.explain(
+        async {
+            let status = conn.connect().await?.cluster_status().await?;
+            let _ = std::io::stdout()
+                .lock()
+                .write_all(status_table(&status).as_bytes());
+            Ok(())
+        }
+        .await,
+    )
+    .await
 }
 
 /// The text of `proglog status`: a header of the answering node's view
@@ -257,11 +436,17 @@ fn aligned<const N: usize>(rows: &[[String; N]]) -> String {
 /// `proglog members`: the agent's gossip view, like `consul members`: one
 /// aligned row per member with its gossip address, status and tags.
 pub async fn members(conn: &ConnectArgs) -> Result<(), Error> {
-    let members = conn.connect().await?.members().await?;
-    let _ = std::io::stdout()
-        .lock()
-        .write_all(members_table(&members).as_bytes());
-    Ok(())
+    conn.explain(
+        async {
+            let members = conn.connect().await?.members().await?;
+            let _ = std::io::stdout()
+                .lock()
+                .write_all(members_table(&members).as_bytes());
+            Ok(())
+        }
+        .await,
+    )
+    .await
 }
 
 /// The text of `proglog members`: NAME, ADDRESS, STATUS, TAGS (`k=v`
@@ -295,29 +480,47 @@ pub async fn add_voter(
     name: &str,
     rpc_addr: &str,
 ) -> Result<(), Error> {
-    conn.on_leader(async |c: &mut Client| c.add_voter(id, name, rpc_addr).await)
-        .await?;
-    println!("added {name} (id {id}) at {rpc_addr} as a voter");
-    Ok(())
+    conn.explain(
+        async {
+            conn.on_leader(async |c: &mut Client| c.add_voter(id, name, rpc_addr).await)
+                .await?;
+            println!("added {name} (id {id}) at {rpc_addr} as a voter");
+            Ok(())
+        }
+        .await,
+    )
+    .await
 }
 
 /// `proglog remove-peer`: removes the member `node` names (name or id),
 /// on the leader.
 pub async fn remove_peer(conn: &ConnectArgs, node: &str) -> Result<(), Error> {
-    conn.on_leader(async |c: &mut Client| c.remove_server(node).await)
-        .await?;
-    println!("removed {node}");
-    Ok(())
+    conn.explain(
+        async {
+            conn.on_leader(async |c: &mut Client| c.remove_server(node).await)
+                .await?;
+            println!("removed {node}");
+            Ok(())
+        }
+        .await,
+    )
+    .await
 }
 
 /// `proglog transfer-leader`: asks the leader to hand over to `node`, or
 /// to the most caught-up follower.
 pub async fn transfer_leader(conn: &ConnectArgs, node: Option<&str>) -> Result<(), Error> {
-    let id = conn
-        .on_leader(async |c: &mut Client| c.transfer_leadership(node).await)
-        .await?;
-    println!("leadership handed to node {id}");
-    Ok(())
+    conn.explain(
+        async {
+            let id = conn
+                .on_leader(async |c: &mut Client| c.transfer_leadership(node).await)
+                .await?;
+            println!("leadership handed to node {id}");
+            Ok(())
+        }
+        .await,
+    )
+    .await
 }
 
 fn print_record(out: &mut impl Write, offset: u64, value: &[u8], json: bool) {
@@ -354,6 +557,35 @@ fn base64(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use proglog_client::proto::admin::{ClusterMember, ClusterStatusResponse};
+    use proglog_client::proto::Server;
+
+    #[test]
+    fn servers_fails_when_the_list_names_no_leader() {
+        let server = |id: &str, is_leader| Server {
+            id: id.into(),
+            rpc_addr: format!("{id}:8400"),
+            is_leader,
+        };
+        assert!(super::leader_named(&[server("a", false), server("b", true)]).is_ok());
+        for (list, said) in [
+            (
+                vec![server("a", false), server("b", false)],
+                super::NO_LEADER,
+            ),
+            (vec![], super::NO_CLUSTER),
+        ] {
+            match super::leader_named(&list) {
+                Err(proglog_client::Error::Status(s)) => {
+                    assert_eq!(s.code(), tonic::Code::Unavailable);
+                    assert_eq!(s.message(), said);
+                }
+                other => panic!("{list:?}: {other:?}"),
+            }
+            // The test harness's `servers_answered` looks for this.
+            let printed = super::leader_named(&list).unwrap_err().to_string();
+            assert!(printed.starts_with("UNAVAILABLE: no leader: "), "{printed}");
+        }
+    }
 
     #[test]
     fn status_table_aligns_members_and_marks_the_leader() {

@@ -3,20 +3,16 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use notify_debouncer_full::notify::RecursiveMode;
-use tokio::signal::unix::{signal, SignalKind};
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{reload, EnvFilter, Layer};
-
 use proglog_agent::agent::{Agent, AgentError, LogLevelHook};
 use proglog_agent::config::{AgentFlags, Config, LogFormat};
+use proglog_agent::telemetry::{self, TelemetrySettings};
 use proglog_agent::{bench, certs, cli, sd_notify};
+use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Debug, Parser)]
 #[command(name = "proglog", version, about = "A replicated, durable commit log")]
@@ -40,9 +36,10 @@ enum Command {
     Consume {
         #[command(flatten)]
         conn: cli::ConnectArgs,
-        /// First offset to print.
-        #[arg(long, default_value_t = 0)]
-        from: u64,
+        /// First offset to print (default: where the log starts, 0 or the
+        /// lowest offset retention kept).
+        #[arg(long)]
+        from: Option<u64>,
         /// Keep waiting for new records.
         #[arg(long)]
         follow: bool,
@@ -142,11 +139,18 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::SUCCESS;
             }
-            report("certs", certs::generate(&dir, &hosts).map_err(Into::into))
+            let result = certs::generate(&dir, &hosts);
+            if result.is_ok() {
+                print!("{}", certs::summary(&dir, &hosts));
+            }
+            report("certs", result.map_err(Into::into))
         }
         Command::Bench { target } => match target {
             BenchTarget::Wal(args) => {
-                init_tracing("warn", LogFormat::Text);
+                if let Err(e) = telemetry::init(TelemetrySettings::stderr("warn", LogFormat::Text))
+                {
+                    eprintln!("proglog bench wal: {e}");
+                }
                 let result = bench::wal::run(&args).map(|r| r.print(args.load.json));
                 report("bench wal", result.map_err(Into::into))
             }
@@ -212,27 +216,9 @@ where
     }
 }
 
-/// Installs the stderr subscriber; returns a hook that changes the level.
-fn init_tracing(level: &str, format: LogFormat) -> LogLevelHook {
-    let (filter, handle) = reload::Layer::new(EnvFilter::new(level));
-    let output = match format {
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .with_writer(std::io::stderr)
-            .boxed(),
-        LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .boxed(),
-    };
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(output)
-        .init();
-    Arc::new(move |level: &str| {
-        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
-        handle.reload(filter).map_err(|e| e.to_string())
-    })
-}
+/// How long the agent waits at exit for queued spans to reach the OTLP
+/// sink.
+const TRACE_FLUSH_DEADLINE: Duration = Duration::from_secs(3);
 
 fn run_agent(flags: AgentFlags) -> ExitCode {
     let config = match Config::load(&flags) {
@@ -242,19 +228,45 @@ fn run_agent(flags: AgentFlags) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let hook = init_tracing(&config.log_level, config.log_format);
-    for name in proglog_agent::config::ignored_env_vars() {
-        tracing::warn!(variable = %name, "ignoring an environment variable that names no config key");
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("building a tokio runtime");
-    match runtime.block_on(agent_main(flags, config, hook)) {
+    // The OTLP exporter's channel lives on the runtime.
+    let installed = {
+        let _entered = runtime.enter();
+        telemetry::init(TelemetrySettings::agent(&config))
+    };
+    let telemetry = match installed {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("proglog agent: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for name in proglog_agent::config::ignored_env_vars() {
+        tracing::warn!(variable = %name, "ignoring an environment variable that names no config key");
+    }
+    let hook = telemetry.level_hook();
+    let result = runtime.block_on(agent_main(flags, config, hook));
+    // Queued spans go out while the runtime still runs the exporter.
+    telemetry.shutdown(TRACE_FLUSH_DEADLINE);
+    match result {
         // Refusing to found a second cluster is a usage error.
         Err(e) if matches!(e.downcast_ref(), Some(AgentError::ClusterExists { .. })) => {
             eprintln!("proglog agent: {e}");
             ExitCode::from(2)
+        }
+        // A port taken, typically by another agent (the README's first
+        // command still running): say how to run a second one.
+        Err(e) if matches!(e.downcast_ref(), Some(AgentError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AddrInUse) =>
+        {
+            eprintln!(
+                "proglog agent: {e}\n  another process (an agent started earlier?) holds the port: \
+                 stop it, or give this agent other ports, e.g. --rpc-port 8500 --bind-addr \
+                 127.0.0.1:8501 (clients then pass --addr 127.0.0.1:8500)"
+            );
+            ExitCode::FAILURE
         }
         result => report("agent", result),
     }

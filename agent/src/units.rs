@@ -1,5 +1,6 @@
 //! Parsing of human-friendly durations (`10s`, `250ms`) and sizes
-//! (`64MiB`, `1GiB`, `4096`) used by flags and config files.
+//! (`64MiB`, `1GiB`, `4096`) used by flags and config files; one size
+//! syntax for flags, TOML and `PROGLOG_*` (see [`deserialize_bytes`]).
 
 use std::time::Duration;
 
@@ -56,6 +57,36 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size {text:?} is too large"))
 }
 
+/// Serde `deserialize_with` for byte-size config keys: accepts an integer
+/// (`1048576`) or a string that [`parse_bytes`] reads (`"10GiB"`), so the
+/// TOML file, `PROGLOG_*` variables and flags share one syntax.
+pub fn deserialize_bytes<'de, D>(deserializer: D) -> Result<u64, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Bytes;
+    impl serde::de::Visitor<'_> for Bytes {
+        type Value = u64;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a byte size: an integer or a string such as \"64MiB\"")
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::custom(format!("size {v} is negative")))
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<u64, E> {
+            parse_bytes(v).map_err(E::custom)
+        }
+    }
+    deserializer.deserialize_any(Bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,5 +108,21 @@ mod tests {
         assert_eq!(parse_bytes("1G"), Ok(1 << 30));
         assert!(parse_bytes("12XB").is_err());
         assert!(parse_bytes("99999999999TiB").is_err());
+    }
+
+    #[test]
+    fn byte_sizes_deserialize_from_integers_and_unit_strings() {
+        #[derive(serde::Deserialize)]
+        struct Sizes {
+            #[serde(deserialize_with = "super::deserialize_bytes")]
+            size: u64,
+        }
+        let parse = |json: &str| serde_json::from_str::<Sizes>(json).map(|s| s.size);
+        assert_eq!(parse(r#"{"size": 4096}"#).unwrap(), 4096);
+        assert_eq!(parse(r#"{"size": "10GiB"}"#).unwrap(), 10 << 30);
+        assert_eq!(parse(r#"{"size": "512"}"#).unwrap(), 512);
+        let err = parse(r#"{"size": "12XB"}"#).unwrap_err().to_string();
+        assert!(err.contains("invalid size unit"), "{err}");
+        assert!(parse(r#"{"size": -1}"#).is_err());
     }
 }

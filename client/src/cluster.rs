@@ -97,7 +97,8 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// The connection key of the Unix socket (never a `host:port`).
 const UNIX_KEY: &str = "unix socket";
-/// How long a balanced channel's check of a server may take.
+/// How long a server may take to answer GetServers (a refresh's question,
+/// or a balanced channel's check) before it counts as unreachable.
 const REACHABLE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A leader-aware client of a cluster. Cheap to clone; clones share the
@@ -151,12 +152,14 @@ fn retryable(e: &Error) -> bool {
             s.code(),
             Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
         ),
-        Error::File { .. } | Error::Address(_) => false,
+        Error::File { .. } | Error::Address(_) | Error::Unreachable { .. } => false,
     }
 }
 
 impl ClusterClient {
-    /// Learns the cluster's servers from the first seed that answers.
+    /// Learns the cluster's servers from the first seed that answers with
+    /// some (an agent that knows none yet is asked again, within the
+    /// deadline).
     pub async fn connect(config: ClusterConfig) -> Result<ClusterClient> {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u32(std::process::id());
@@ -169,8 +172,25 @@ impl ClusterClient {
                 state: Mutex::default(),
             }),
         };
-        client.refresh().await?;
-        Ok(client)
+        // An agent that answers with no servers is starting (no leader
+        // yet) or has not joined: ask again until the deadline. An
+        // unreachable seed fails at once.
+        let deadline = Instant::now() + client.inner.config.deadline;
+        let mut wait = BACKOFF_FIRST;
+        loop {
+            match client.refresh().await {
+                Ok(_) => return Ok(client),
+                Err(Error::Status(s))
+                    if s.code() == Code::Unavailable
+                        && std::error::Error::source(&s).is_none()
+                        && Instant::now() + wait < deadline =>
+                {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(BACKOFF_MAX);
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// This client's idempotent producer id.
@@ -188,35 +208,68 @@ impl ClusterClient {
             .clone()
     }
 
-    /// Asks the known servers, then the seeds, for the server list; keeps
-    /// the first non-empty answer.
+    /// Asks the known servers, then the seeds, for the server list, each
+    /// within a second; keeps the first answer that names a leader, else
+    /// the first non-empty one. A node cut off from its peers still
+    /// answers, with no leader (it is campaigning): taking its word would
+    /// hold every write until the partition heals.
     pub async fn refresh(&self) -> Result<Vec<Server>> {
         let mut candidates: Vec<String> = match self.inner.config.unix_socket {
             Some(_) => vec![UNIX_KEY.to_string()],
             None => self.servers().into_iter().map(|s| s.rpc_addr).collect(),
         };
-        candidates.extend(self.inner.config.seeds.iter().cloned());
-        let mut last = Error::Address("no seed addresses".into());
+        for seed in &self.inner.config.seeds {
+            if !candidates.contains(seed) {
+                candidates.push(seed.clone());
+            }
+        }
+        let mut last = Error::Status(tonic::Status::invalid_argument("no seed addresses"));
+        let mut leaderless = None;
         for addr in candidates {
-            let answer = match self.conn(&addr).await {
-                Ok(mut c) => c.servers().await,
-                Err(e) => Err(e),
+            // Bounded: an agent whose packets vanish (a dead host, a cut
+            // link) would otherwise hold the refresh, and every call
+            // waiting on it, until TCP gives up minutes later.
+            let ask = async {
+                let mut c = self.conn(&addr).await?;
+                c.servers().await
+            };
+            let answer = match tokio::time::timeout(REACHABLE_TIMEOUT, ask).await {
+                Ok(answer) => answer,
+                Err(_) => Err(tonic::Status::unavailable(format!(
+                    "the agent at {addr} did not answer GetServers within {REACHABLE_TIMEOUT:?}"
+                ))
+                .into()),
             };
             match answer {
+                Ok(servers) if pick_leader(&servers).is_some() => return Ok(self.keep(servers)),
                 Ok(servers) if !servers.is_empty() => {
-                    let mut state = self.inner.state.lock().expect("not poisoned");
-                    state.servers = servers.clone();
-                    state.refreshed = Some(Instant::now());
-                    return Ok(servers);
+                    leaderless.get_or_insert(servers);
                 }
-                Ok(_) => {}
+                Ok(_) => {
+                    last = tonic::Status::unavailable(format!(
+                        "the agent at {addr} knows no servers yet (starting, no leader \
+                         elected, or not joined to a cluster)"
+                    ))
+                    .into();
+                }
                 Err(e) => {
                     self.forget(&addr);
                     last = e;
                 }
             }
         }
-        Err(last)
+        match leaderless {
+            Some(servers) => Ok(self.keep(servers)),
+            None => Err(last),
+        }
+    }
+
+    /// Makes `servers` the list calls are routed by.
+    fn keep(&self, servers: Vec<Server>) -> Vec<Server> {
+        let mut state = self.inner.state.lock().expect("not poisoned");
+        state.servers = servers.clone();
+        state.refreshed = Some(Instant::now());
+        servers
     }
 
     /// A connection to `addr`, made on first use.
@@ -597,6 +650,109 @@ mod tests {
         let alone = servers(Some(0), 1);
         assert_eq!(addresses(&alone, Role::Readers), set(&["10.0.0.0:8400"]));
         assert!(addresses(&servers(None, 3), Role::Leader).is_empty());
+    }
+
+    /// An agent that only answers GetServers, with a fixed list.
+    struct Fake(Vec<Server>);
+
+    #[tonic::async_trait]
+    impl proglog_proto::log_server::Log for Fake {
+        type ConsumeStreamStream =
+            tokio_stream::Empty<Result<proglog_proto::ConsumeResponse, tonic::Status>>;
+        type ProduceStreamStream =
+            tokio_stream::Empty<Result<proglog_proto::ProduceResponse, tonic::Status>>;
+
+        async fn get_servers(
+            &self,
+            _: tonic::Request<proglog_proto::GetServersRequest>,
+        ) -> Result<tonic::Response<proglog_proto::GetServersResponse>, tonic::Status> {
+            Ok(tonic::Response::new(proglog_proto::GetServersResponse {
+                servers: self.0.clone(),
+            }))
+        }
+        async fn produce(
+            &self,
+            _: tonic::Request<ProduceRequest>,
+        ) -> Result<tonic::Response<proglog_proto::ProduceResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("fake"))
+        }
+        async fn produce_batch(
+            &self,
+            _: tonic::Request<ProduceBatchRequest>,
+        ) -> Result<tonic::Response<proglog_proto::ProduceBatchResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("fake"))
+        }
+        async fn consume(
+            &self,
+            _: tonic::Request<proglog_proto::ConsumeRequest>,
+        ) -> Result<tonic::Response<proglog_proto::ConsumeResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("fake"))
+        }
+        async fn consume_stream(
+            &self,
+            _: tonic::Request<proglog_proto::ConsumeRequest>,
+        ) -> Result<tonic::Response<Self::ConsumeStreamStream>, tonic::Status> {
+            Err(tonic::Status::unimplemented("fake"))
+        }
+        async fn produce_stream(
+            &self,
+            _: tonic::Request<tonic::Streaming<ProduceRequest>>,
+        ) -> Result<tonic::Response<Self::ProduceStreamStream>, tonic::Status> {
+            Err(tonic::Status::unimplemented("fake"))
+        }
+    }
+
+    /// Serves `n` fakes on loopback; `answer(addresses)` gives each one's
+    /// list. Returns the addresses.
+    async fn fakes(n: usize, answer: impl Fn(usize, &[String]) -> Vec<Server>) -> Vec<String> {
+        let mut listeners = Vec::new();
+        for _ in 0..n {
+            listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
+        }
+        let addrs: Vec<String> = listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap().to_string())
+            .collect();
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let service = proglog_proto::log_server::LogServer::new(Fake(answer(i, &addrs)));
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            );
+        }
+        addrs
+    }
+
+    fn listed(addrs: &[String], leader: Option<usize>) -> Vec<Server> {
+        let mut list = servers(leader, addrs.len());
+        for (server, addr) in list.iter_mut().zip(addrs) {
+            server.rpc_addr = addr.clone();
+        }
+        list
+    }
+
+    #[tokio::test]
+    async fn a_node_that_knows_no_leader_does_not_hide_the_one_the_others_know() {
+        // Node 0 is cut off from its peers and campaigning: it lists the
+        // cluster but no leader. Nodes 1 and 2 follow node 2. Node 0 is
+        // asked first, both as a seed and as the first known server.
+        let addrs = fakes(3, |i, addrs| listed(addrs, (i != 0).then_some(2))).await;
+        let client = ClusterClient::connect(ClusterConfig::new(addrs.clone(), None))
+            .await
+            .unwrap();
+        assert_eq!(pick_leader(&client.servers()), Some(addrs[2].as_str()));
+        let again = client.refresh().await.unwrap();
+        assert_eq!(pick_leader(&again), Some(addrs[2].as_str()));
+
+        // While nobody knows a leader the list is still learned (reads can
+        // go on), and writes find none.
+        let addrs = fakes(2, |_, addrs| listed(addrs, None)).await;
+        let client = ClusterClient::connect(ClusterConfig::new(addrs.clone(), None))
+            .await
+            .unwrap();
+        assert_eq!(client.servers().len(), 2);
+        assert_eq!(pick_leader(&client.servers()), None);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! [`ClusterClient`] (module [`cluster`]) is the leader-aware client of a
 //! whole cluster: writes to the leader, reads spread over followers,
 //! retries across a leader change without appending twice.
+//! [`diagnose()`] explains a failed connection (address, cause, fix).
 
 use std::path::{Path, PathBuf};
 
@@ -17,24 +18,39 @@ use proglog_proto::admin::{
 use proglog_proto::log_client::LogClient;
 use proglog_proto::{
     ConsumeRequest, GetServersRequest, ProduceBatchRequest, ProduceRequest, Record, Server,
+    LOWEST_OFFSET_METADATA, NEXT_OFFSET_METADATA,
 };
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 pub mod cluster;
+pub mod diagnose;
 
 pub use cluster::{ClusterClient, ClusterConfig, Role};
+pub use diagnose::diagnose;
 pub use proglog_proto as proto;
 
 /// Everything a client call can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The agent answered with an error status.
-    #[error("{}: {}", .0.code(), .0.message())]
+    /// The agent answered with an error status (printed with its gRPC
+    /// code name, `RESOURCE_EXHAUSTED: ...`).
+    #[error("{}: {}", diagnose::code_name(.0.code()), .0.message())]
     Status(#[from] tonic::Status),
-    /// The connection could not be made.
-    #[error("cannot connect: {0}")]
+    /// The connection could not be made (printed with its causes).
+    #[error("cannot connect: {}", diagnose::chain(.0))]
     Transport(#[from] tonic::transport::Error),
+    /// The agent could not be reached, explained by [`diagnose::diagnose`]:
+    /// what was dialled, what happened, the likely fix.
+    #[error("cannot reach the agent at {addr}: {cause}; {hint}")]
+    Unreachable {
+        /// The address or socket path dialled.
+        addr: String,
+        /// What happened.
+        cause: String,
+        /// The likely fix.
+        hint: String,
+    },
     /// A TLS file could not be read.
     #[error("{}: {source}", path.display())]
     File {
@@ -298,4 +314,60 @@ pub fn leader_addr(error: &Error) -> Option<String> {
     }
     let addr = status.metadata().get(LEADER_ADDR_METADATA)?.to_str().ok()?;
     (!addr.is_empty()).then(|| addr.to_string())
+}
+
+/// The range of offsets the agent held, `(lowest, next)`, when `error` is
+/// its OUT_OF_RANGE answer to a `consume` or a `consume_stream`: records
+/// below `lowest` were removed by retention, `next` is the offset the next
+/// record gets. Read from the status's `lowest-offset` and `next-offset`
+/// metadata, so callers need not parse the message (which says the same
+/// in words). `None` for any other error, or from an agent too old to
+/// send them.
+pub fn retained_range(error: &Error) -> Option<(u64, u64)> {
+    let Error::Status(status) = error else {
+        return None;
+    };
+    if status.code() != tonic::Code::OutOfRange {
+        return None;
+    }
+    let number = |key| status.metadata().get(key)?.to_str().ok()?.parse().ok();
+    Some((
+        number(LOWEST_OFFSET_METADATA)?,
+        number(NEXT_OFFSET_METADATA)?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{retained_range, Error};
+    use tonic::metadata::MetadataMap;
+    use tonic::{Code, Status};
+
+    fn status(code: Code, pairs: &[(&'static str, &str)]) -> Error {
+        let mut metadata = MetadataMap::new();
+        for (key, value) in pairs {
+            metadata.insert(*key, value.parse().unwrap());
+        }
+        Error::Status(Status::with_metadata(code, "m", metadata))
+    }
+
+    #[test]
+    fn retained_range_reads_both_numbers_of_an_out_of_range_only() {
+        let both = [("lowest-offset", "120"), ("next-offset", "500")];
+        assert_eq!(
+            retained_range(&status(Code::OutOfRange, &both)),
+            Some((120, 500))
+        );
+        // Another code, a missing or non-numeric key, or no status at all.
+        assert_eq!(retained_range(&status(Code::Unavailable, &both)), None);
+        assert_eq!(retained_range(&status(Code::OutOfRange, &both[..1])), None);
+        assert_eq!(
+            retained_range(&status(
+                Code::OutOfRange,
+                &[("lowest-offset", "x"), ("next-offset", "500")]
+            )),
+            None
+        );
+        assert_eq!(retained_range(&Error::Address("nowhere".into())), None);
+    }
 }

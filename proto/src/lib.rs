@@ -8,12 +8,33 @@
 
 #![allow(clippy::all, missing_docs)]
 
+pub mod codec;
+
+/// Includes the servers of `package`, generated into `OUT_DIR/server` with
+/// [`codec::RequestCodec`] (see `build.rs`).
+macro_rules! include_servers {
+    ($package:literal) => {
+        include!(concat!(env!("OUT_DIR"), "/server/", $package, ".rs"));
+    };
+}
+
 /// Messages, client and server of package `log.v1`.
 pub mod v1 {
     tonic::include_proto!("log.v1");
+    include_servers!("log.v1");
 
     /// Encoded file descriptor set, for gRPC server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("log_descriptor");
+
+    /// Response metadata key of an OUT_OF_RANGE from `Consume` or
+    /// `ConsumeStream`: the lowest offset the log holds (decimal), so a
+    /// reader whose offset retention removed knows where the log now
+    /// starts without parsing the message.
+    pub const LOWEST_OFFSET_METADATA: &str = "lowest-offset";
+    /// Response metadata key of an OUT_OF_RANGE from `Consume` or
+    /// `ConsumeStream`: the offset the next record gets (decimal), the
+    /// end of the log; an offset at or past it is not written yet.
+    pub const NEXT_OFFSET_METADATA: &str = "next-offset";
 }
 
 pub use v1::*;
@@ -23,6 +44,7 @@ pub use v1::*;
 /// descriptors are in [`v1::FILE_DESCRIPTOR_SET`] too.
 pub mod admin {
     tonic::include_proto!("proglog.admin.v1");
+    include_servers!("proglog.admin.v1");
 
     /// Response metadata key of a FAILED_PRECONDITION from a follower: the
     /// leader's node name.
@@ -36,4 +58,5 @@ pub mod admin {
 /// joins), spoken only between nodes on the shared port's Raft path.
 pub mod raft {
     tonic::include_proto!("raft.v1");
+    include_servers!("raft.v1");
 }

@@ -2,6 +2,8 @@
 //! once, makes certificates, starts and kills agents, runs CLI commands, and
 //! polls with deadlines (never sleeps as synchronisation).
 
+pub mod faults;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -95,9 +97,19 @@ pub struct Fixture {
 impl Fixture {
     /// Makes certs with `proglog certs` and copies the example ACL.
     pub fn new() -> Fixture {
+        Fixture::with_hosts(&["127.0.0.1", "localhost"])
+    }
+
+    /// [`Fixture::new`] with `hosts` as the server certificate's SANs (for
+    /// agents bound to other addresses than loopback).
+    pub fn with_hosts(hosts: &[&str]) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let certs = dir.path().join("certs");
-        let out = proglog(&["certs", "--dir", certs.to_str().unwrap()], "");
+        let hosts = hosts.join(",");
+        let out = proglog(
+            &["certs", "--dir", certs.to_str().unwrap(), "--hosts", &hosts],
+            "",
+        );
         assert!(
             out.status.success(),
             "proglog certs: {}",
@@ -143,10 +155,15 @@ impl Fixture {
 
     /// Client flags for `user` (root or nobody) against `port`.
     pub fn client_args(&self, user: &str, port: u16) -> Vec<String> {
+        self.client_args_at(user, "127.0.0.1", port)
+    }
+
+    /// [`Fixture::client_args`] against `host:port`.
+    pub fn client_args_at(&self, user: &str, host: &str, port: u16) -> Vec<String> {
         let p = |rel: String| self.path(&rel).display().to_string();
         vec![
             "--addr".into(),
-            format!("127.0.0.1:{port}"),
+            format!("{host}:{port}"),
             "--tls-ca-file".into(),
             p("certs/ca.pem".into()),
             "--tls-cert-file".into(),
@@ -161,6 +178,13 @@ impl Default for Fixture {
     fn default() -> Self {
         Fixture::new()
     }
+}
+
+/// Whether `proglog servers` got the agent's answer: exit 0 (a leader
+/// listed), or exit 1 after the list because it names no leader yet (an
+/// agent serves before its cluster has elected one).
+pub fn servers_answered(out: &Output) -> bool {
+    out.status.success() || String::from_utf8_lossy(&out.stderr).contains("no leader:")
 }
 
 /// Runs a client subcommand (`produce`, `consume`, ...) with `conn` flags.
@@ -187,8 +211,28 @@ impl AgentProcess {
     /// [`AgentProcess::start`] with extra environment variables (such as
     /// `NOTIFY_SOCKET`).
     pub fn start_with_env(args: &[String], log: PathBuf, env: &[(&str, &str)]) -> AgentProcess {
+        AgentProcess::start_in(None, args, log, env)
+    }
+
+    /// [`AgentProcess::start_with_env`] inside network namespace `netns`
+    /// when given (`ip netns exec` execs the agent, so the child's pid is
+    /// the agent's and SIGKILL reaches it).
+    pub fn start_in(
+        netns: Option<&str>,
+        args: &[String],
+        log: PathBuf,
+        env: &[(&str, &str)],
+    ) -> AgentProcess {
         let stderr = std::fs::File::create(&log).unwrap();
-        let child = Command::new(proglog_bin())
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(proglog_bin());
+                c
+            }
+            None => Command::new(proglog_bin()),
+        };
+        let child = command
             .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
@@ -198,16 +242,14 @@ impl AgentProcess {
         AgentProcess { child, log }
     }
 
-    /// Waits until `proglog servers` with `conn` succeeds.
+    /// Waits until `proglog servers` with `conn` gets the agent's answer
+    /// (with or without a leader: see [`servers_answered`]).
     pub fn wait_ready(&mut self, conn: &[String]) {
         eventually("the agent to serve", Duration::from_secs(30), || {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("agent exited with {status}: {}", self.stderr());
             }
-            client("servers", conn, &[], "")
-                .status
-                .success()
-                .then_some(())
+            servers_answered(&client("servers", conn, &[], "")).then_some(())
         });
     }
 
@@ -222,14 +264,24 @@ impl AgentProcess {
         self.child.wait().unwrap();
     }
 
-    /// Sends `signal` (e.g. "TERM", "HUP") with kill(1).
+    /// Sends `signal` ("TERM", "HUP", "INT", "STOP", "CONT", "KILL") with
+    /// kill(2), from Rust: slim images lack the kill(1) program.
     pub fn signal(&self, signal: &str) {
-        let ok = Command::new("kill")
-            .args([format!("-{signal}"), self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{signal} failed");
+        use rustix::process::{kill_process, Pid, Signal};
+        let number = match signal {
+            "TERM" => Signal::TERM,
+            "HUP" => Signal::HUP,
+            "INT" => Signal::INT,
+            "STOP" => Signal::STOP,
+            "CONT" => Signal::CONT,
+            "KILL" => Signal::KILL,
+            other => panic!("unknown signal {other}"),
+        };
+        let pid = i32::try_from(self.child.id())
+            .ok()
+            .and_then(Pid::from_raw)
+            .expect("a child pid is a positive i32");
+        kill_process(pid, number).unwrap_or_else(|e| panic!("kill -{signal} failed: {e}"));
     }
 
     /// Waits for the process to exit (bounded) and returns its status.
@@ -261,8 +313,18 @@ pub struct ProcessCluster {
     pub gossip_ports: Vec<u16>,
     /// Each node's process, `None` while it is down.
     pub procs: Vec<Option<AgentProcess>>,
+    /// Each node's `--metrics-addr` port (empty: metrics off; see
+    /// [`ProcessCluster::with_metrics`]).
+    pub metrics_ports: Vec<u16>,
+    /// The address each node binds (gossip and RPC); 127.0.0.1 unless the
+    /// cluster was made with [`ProcessCluster::on_hosts`].
+    pub hosts: Vec<String>,
+    /// The network namespace each node runs in, if any.
+    pub netns: Vec<Option<String>>,
     /// Extra flags for every node.
     extra: Vec<String>,
+    /// Extra environment variables for every node (set before starting).
+    pub env: Vec<(String, String)>,
     starts: usize,
 }
 
@@ -289,9 +351,45 @@ impl ProcessCluster {
             ports: (0..n).map(|_| free_port()).collect(),
             gossip_ports: (0..n).map(|_| free_port()).collect(),
             procs: (0..n).map(|_| None).collect(),
+            metrics_ports: Vec::new(),
+            hosts: vec!["127.0.0.1".into(); n],
+            netns: vec![None; n],
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
             starts: 0,
         }
+    }
+
+    /// A cluster (none running yet) whose node `i` binds `hosts[i]` and
+    /// runs in network namespace `netns[i]`; the server certificate names
+    /// every host.
+    pub fn on_hosts(hosts: &[String], netns: &[Option<String>], extra: &[&str]) -> ProcessCluster {
+        let mut sans: Vec<&str> = vec!["127.0.0.1", "localhost"];
+        sans.extend(hosts.iter().map(String::as_str));
+        let n = hosts.len();
+        ProcessCluster {
+            fx: Fixture::with_hosts(&sans),
+            ports: (0..n).map(|_| free_port()).collect(),
+            gossip_ports: (0..n).map(|_| free_port()).collect(),
+            procs: (0..n).map(|_| None).collect(),
+            metrics_ports: Vec::new(),
+            hosts: hosts.to_vec(),
+            netns: netns.to_vec(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
+            starts: 0,
+        }
+    }
+
+    /// Gives each node a metrics port (`--metrics-addr` on loopback).
+    pub fn with_metrics(mut self) -> ProcessCluster {
+        self.metrics_ports = (0..self.ports.len()).map(|_| free_port()).collect();
+        self
+    }
+
+    /// The `--metrics-addr` of node `i` (after [`ProcessCluster::with_metrics`]).
+    pub fn metrics_addr(&self, i: usize) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.metrics_ports[i]))
     }
 
     /// Starts node `i` with `args` (stderr to a new log file) without
@@ -299,7 +397,13 @@ impl ProcessCluster {
     pub fn spawn_with(&mut self, i: usize, args: &[String]) -> &mut AgentProcess {
         self.starts += 1;
         let log = self.fx.path(&format!("node{i}.{}.log", self.starts));
-        self.procs[i].insert(AgentProcess::start(args, log))
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let agent = AgentProcess::start_in(self.netns[i].as_deref(), args, log, &env);
+        self.procs[i].insert(agent)
     }
 
     /// Starts node `i` on its data dir without waiting for it to serve.
@@ -321,14 +425,17 @@ impl ProcessCluster {
     pub fn args(&self, i: usize) -> Vec<String> {
         let mut args = self.fx.agent_args(&format!("node{i}"), self.ports[i]);
         if let Some(at) = args.iter().position(|a| a == "--bind-addr") {
-            args[at + 1] = format!("127.0.0.1:{}", self.gossip_ports[i]);
+            args[at + 1] = format!("{}:{}", self.hosts[i], self.gossip_ports[i]);
         }
         if i > 0 {
             args.retain(|a| a != "--bootstrap");
             args.push("--start-join-addrs".into());
-            args.push(format!("127.0.0.1:{}", self.gossip_ports[0]));
+            args.push(format!("{}:{}", self.hosts[0], self.gossip_ports[0]));
         }
         args.extend(["--node-name".into(), format!("node{i}")]);
+        if let Some(port) = self.metrics_ports.get(i) {
+            args.extend(["--metrics-addr".into(), format!("127.0.0.1:{port}")]);
+        }
         args.extend(self.extra.iter().cloned());
         args
     }
@@ -346,7 +453,13 @@ impl ProcessCluster {
 
     /// Client flags (user `root`) for node `i`.
     pub fn conn(&self, i: usize) -> Vec<String> {
-        self.fx.client_args("root", self.ports[i])
+        self.fx
+            .client_args_at("root", &self.hosts[i], self.ports[i])
+    }
+
+    /// The RPC address (`host:port`) of node `i`.
+    pub fn addr(&self, i: usize) -> String {
+        format!("{}:{}", self.hosts[i], self.ports[i])
     }
 
     /// `proglog servers` on node `i`: (name, address, leads).

@@ -152,7 +152,7 @@ fn acl_edits_are_picked_up_by_the_file_watcher_and_sigterm_exits_0() {
     let nobody = fx.client_args("nobody", port);
     let denied = client("produce", &nobody, &["x"], "");
     assert!(!denied.status.success());
-    assert!(String::from_utf8_lossy(&denied.stderr).contains("permission"));
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("PERMISSION_DENIED"));
 
     // Replace the policy by rename, as deployment tools do.
     let tmp = fx.path("policy.csv.new");
@@ -204,4 +204,142 @@ fn certificates_made_by_cfssl_are_accepted() {
     assert_eq!(stdout(&ok).trim(), "0");
     let denied = client("produce", &fx.client_args("nobody", port), &["x"], "");
     assert!(!denied.status.success());
+}
+
+/// Runs `proglog consume --follow` with `conn` until it printed `n` lines
+/// (within 30 s), then stops it; returns those lines and its stderr.
+fn follow_lines(conn: &[String], n: usize) -> (Vec<String>, String) {
+    let mut child = Command::new(proglog_bin())
+        .arg("consume")
+        .args(conn)
+        .arg("--follow")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut lines = Vec::new();
+    while lines.len() < n {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => lines.push(line),
+            Err(e) => {
+                let _ = child.kill();
+                panic!("consume --follow printed {lines:?}, then {e}");
+            }
+        }
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    (lines, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn consume_without_from_starts_where_retention_left_the_log() {
+    // A --dev agent (plaintext: no certificates to make) with its Unix
+    // socket; segments of about ten records, retention keeps about three.
+    let dir = tempfile::tempdir().unwrap();
+    let path = |rel: &str| dir.path().join(rel).display().to_string();
+    let port = free_port().to_string();
+    let args = [
+        "agent",
+        "--dev",
+        "--data-dir",
+        &path("data"),
+        "--rpc-port",
+        &port,
+        "--bind-addr",
+        &format!("127.0.0.1:{}", free_port()),
+        "--segment-max-store-bytes",
+        "1024",
+        "--segment-max-index-bytes",
+        "4096",
+        "--retention-bytes",
+        "3000",
+        "--unix-socket",
+        &path("proglog.sock"),
+        "--unix-socket-subject",
+        "root",
+    ]
+    .map(String::from);
+    let conn = vec!["--addr".to_string(), format!("127.0.0.1:{port}")];
+    let unix = vec!["--unix-socket".to_string(), path("proglog.sock")];
+    let mut agent = AgentProcess::start(&args, dir.path().join("agent.log"));
+    agent.wait_ready(&conn);
+    let record = |i: u64| format!("record-{i:04}-{}", "x".repeat(80));
+    let lines: String = (0..100).map(|i| record(i) + "\n").collect();
+    let produced = client("produce", &conn, &[], &lines);
+    assert!(produced.status.success(), "{produced:?}");
+
+    // The leader's retention check (every second) may move the lowest
+    // offset while a command reads: poll until `--from 0` and the default
+    // start agree on it.
+    let removed =
+        "proglog: OUT_OF_RANGE: offset 0 was removed by retention: the log starts at offset ";
+    let lowest = eventually("retention to settle", Duration::from_secs(30), || {
+        let explicit = client("consume", &conn, &["--from", "0"], "");
+        let err = String::from_utf8_lossy(&explicit.stderr).into_owned();
+        if explicit.status.success() || !err.starts_with(removed) {
+            // Offset 0 is still there (retention may overtake the read:
+            // that names a later offset).
+            assert!(
+                explicit.status.success() || err.contains("was removed by retention"),
+                "{explicit:?}"
+            );
+            return None;
+        }
+        assert_eq!(explicit.status.code(), Some(1), "{explicit:?}");
+        let named: u64 = err[removed.len()..].trim().parse().unwrap();
+        let default = client("consume", &conn, &[], "");
+        assert!(default.status.success(), "{default:?}");
+        let err = String::from_utf8_lossy(&default.stderr).into_owned();
+        let expected = format!(
+            "proglog consume: records before offset {named} were removed by retention; \
+             starting at {named}\n"
+        );
+        if err != expected {
+            return None; // moved between the two commands
+        }
+        let want: String = (named..100).map(|i| record(i) + "\n").collect();
+        assert_eq!(stdout(&default), want);
+        Some(named)
+    });
+    assert!(lowest > 0 && lowest < 99, "lowest {lowest}");
+    let note =
+        format!("records before offset {lowest} were removed by retention; starting at {lowest}");
+
+    // The same over the Unix socket.
+    let default = client("consume", &unix, &[], "");
+    assert!(default.status.success(), "{default:?}");
+    assert!(String::from_utf8_lossy(&default.stderr).contains(&note));
+    assert!(stdout(&default).starts_with(&(record(lowest) + "\n")));
+    let explicit = client("consume", &unix, &["--from", "0"], "");
+    assert_eq!(explicit.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&explicit.stderr)
+        .contains(&format!("the log starts at offset {lowest}")));
+
+    // Past the end, with --from: exit 1 saying so.
+    let past = client("consume", &conn, &["--from", "100"], "");
+    assert_eq!(past.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&past.stderr)
+            .contains("offset 100 is past the end of the log (next offset 100)"),
+        "{past:?}"
+    );
+
+    // --follow, over TCP (the cluster client) and the Unix socket.
+    for conn in [&conn, &unix] {
+        let (lines, err) = follow_lines(conn, 2);
+        assert_eq!(lines, [record(lowest), record(lowest + 1)]);
+        assert!(err.contains(&note), "{err}");
+    }
 }

@@ -53,7 +53,7 @@ pub async fn run(op: Op, args: &GrpcArgs) -> Result<Report, Error> {
     } else {
         preload(&mut clients[0], args).await?
     };
-    let deadline = Instant::now() + args.load.duration;
+    let budget = args.load.budget();
     let start = Instant::now();
     let payload = Arc::new(vec![b'x'; args.load.size]);
     let mut tasks = tokio::task::JoinSet::new();
@@ -61,6 +61,7 @@ pub async fn run(op: Op, args: &GrpcArgs) -> Result<Report, Error> {
         let mut client = clients[slot % clients.len()].clone();
         let (payload, batch) = (Arc::clone(&payload), args.load.batch.max(1));
         let stride = args.in_flight.max(1) as u64;
+        let budget = budget.clone();
         tasks.spawn(async move {
             let mut latency = histogram();
             let mut done = 0u64;
@@ -69,8 +70,9 @@ pub async fn run(op: Op, args: &GrpcArgs) -> Result<Report, Error> {
                 Op::Stream => {
                     let mut stream = client.consume_stream(0).await?;
                     let mut t = Instant::now();
-                    while Instant::now() < deadline {
-                        match tokio::time::timeout_at(deadline.into(), stream.next()).await {
+                    while budget.take() {
+                        match tokio::time::timeout_at(budget.deadline().into(), stream.next()).await
+                        {
                             Ok(Some(item)) => {
                                 item?;
                             }
@@ -82,7 +84,7 @@ pub async fn run(op: Op, args: &GrpcArgs) -> Result<Report, Error> {
                     }
                 }
                 _ => {
-                    while Instant::now() < deadline {
+                    while budget.take() {
                         let t = Instant::now();
                         match op {
                             Op::Produce if batch == 1 => {
@@ -114,7 +116,8 @@ pub async fn run(op: Op, args: &GrpcArgs) -> Result<Report, Error> {
     let params = serde_json::json!({
         "op": op, "in_flight": args.in_flight, "connections": args.connections,
         "size": args.load.size, "batch": args.load.batch, "addr": args.conn.addr,
-        "tls": args.conn.tls_ca_file.is_some(),
+        "tls": args.conn.tls_ca_file.is_some(), "unix": args.conn.unix_socket.is_some(),
+        "ops": args.load.ops,
     });
     let name = format!(
         "grpc-{}",

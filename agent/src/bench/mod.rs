@@ -5,6 +5,8 @@
 pub mod grpc;
 pub mod wal;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -22,9 +24,51 @@ pub struct LoadArgs {
     /// Records per call (append_batch, ProduceBatch); 1 = one record per call.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
+    /// Stop after this many calls in all (each one record or one batch),
+    /// or at `--duration`, whichever comes first.
+    #[arg(long)]
+    pub ops: Option<u64>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+impl LoadArgs {
+    /// The run's stopping rule, shared by every worker of one run.
+    pub fn budget(&self) -> Budget {
+        Budget {
+            deadline: std::time::Instant::now() + self.duration,
+            ops: self.ops.map(|n| Arc::new(AtomicU64::new(n))),
+        }
+    }
+}
+
+/// When a run stops: at a deadline, or once its calls are spent. Clones
+/// share the count.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    deadline: std::time::Instant,
+    ops: Option<Arc<AtomicU64>>,
+}
+
+impl Budget {
+    /// Whether the caller may make one more call (and counts it).
+    pub fn take(&self) -> bool {
+        if std::time::Instant::now() >= self.deadline {
+            return false;
+        }
+        match &self.ops {
+            None => true,
+            Some(left) => left
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok(),
+        }
+    }
+
+    /// The time limit of the run.
+    pub fn deadline(&self) -> std::time::Instant {
+        self.deadline
+    }
 }
 
 /// What every benchmark prints: throughput and call latency.
@@ -106,4 +150,31 @@ impl Report {
 /// A latency histogram in µs from 1 µs to 1 minute, 3 significant digits.
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_budget_stops_at_its_op_count_across_clones() {
+        let args = LoadArgs {
+            size: 1,
+            duration: Duration::from_secs(3600),
+            batch: 1,
+            ops: Some(5),
+            json: false,
+        };
+        let (a, b) = (args.budget(), args.budget());
+        assert_eq!((0..10).filter(|_| a.take()).count(), 5);
+        let shared = b.clone();
+        assert_eq!((0..3).filter(|_| b.take()).count(), 3);
+        assert_eq!((0..3).filter(|_| shared.take()).count(), 2);
+        let expired = LoadArgs {
+            duration: Duration::ZERO,
+            ops: None,
+            ..args
+        };
+        assert!(!expired.budget().take());
+    }
 }

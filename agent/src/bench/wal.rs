@@ -64,17 +64,17 @@ pub fn run(args: &WalArgs) -> Result<Report, crate::log::LogError> {
     };
     let log = Arc::new(Log::open(&dir, config.clone())?);
     let batch = args.load.batch.max(1);
-    let deadline = Instant::now() + args.load.duration;
+    let budget = args.load.budget();
     let start = Instant::now();
     let workers: Vec<_> = (0..args.writers.max(1))
         .map(|w| {
-            let log = Arc::clone(&log);
+            let (log, budget) = (Arc::clone(&log), budget.clone());
             let payload = vec![b'a' + (w % 26) as u8; args.load.size];
             std::thread::spawn(move || {
                 let records: Vec<&[u8]> = vec![&payload; batch];
                 let mut latency = histogram();
                 let mut done = 0u64;
-                while Instant::now() < deadline {
+                while budget.take() {
                     let t = Instant::now();
                     if batch == 1 {
                         log.append(&payload)?;
@@ -98,7 +98,7 @@ pub fn run(args: &WalArgs) -> Result<Report, crate::log::LogError> {
     let elapsed = start.elapsed();
     let params = serde_json::json!({
         "writers": args.writers, "size": args.load.size, "batch": batch,
-        "sync": args.sync, "prealloc_bytes": args.prealloc_bytes,
+        "sync": args.sync, "prealloc_bytes": args.prealloc_bytes, "ops": args.load.ops,
     });
     let mut report = Report::new(
         "wal",

@@ -103,11 +103,13 @@ pub struct AgentFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unix_socket_mode: Option<String>,
-    /// Tracing filter (default info).
+    /// Log level of proglog's crates, dependencies at warn (default info);
+    /// a full filter directive such as `info,openraft=debug` is used as given.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_level: Option<String>,
-    /// Log format.
+    /// Log format on stderr (default text); under systemd, with stderr
+    /// going to the journal, native journald entries instead.
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
@@ -170,4 +172,41 @@ pub struct AgentFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gossip_key_file: Option<PathBuf>,
+    /// HTTP address for /metrics, /health and /ready, e.g.
+    /// 127.0.0.1:8402 (default: none).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// OTLP gRPC endpoint for traces, e.g. http://127.0.0.1:4317 (default:
+    /// none, no traces). Plain http only: for TLS, a local collector
+    /// forwards.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+    /// Fraction of new traces sampled, 0.0 to 1.0 (default 1.0).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_sample_ratio: Option<f64>,
+    /// Most TCP connections open at once on the RPC port (default 4096).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u64>,
+    /// Most HTTP/2 streams open at once per connection (default 1024).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_streams: Option<u32>,
+    /// Most calls in progress at once per connection; more get
+    /// RESOURCE_EXHAUSTED (default 1024).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_in_flight_per_connection: Option<u64>,
+    /// Close a new connection that sends nothing for this long (default 5s).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_byte_timeout: Option<String>,
+    /// Close a new connection whose TLS handshake is not done in this long
+    /// (default 10s).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handshake_timeout: Option<String>,
 }

@@ -102,7 +102,9 @@ pub struct Config {
     pub unix_socket_subject: Option<String>,
     /// File mode of the Unix socket, octal text such as "0660".
     pub unix_socket_mode: String,
-    /// Tracing filter, e.g. `info` or `proglog_agent=debug,info`.
+    /// Log filter: a level for proglog's own crates, with dependencies at
+    /// `warn` (`info`), or a full directive used as given
+    /// (`info,openraft=debug`).
     pub log_level: String,
     /// `json` or `text`.
     pub log_format: LogFormat,
@@ -111,15 +113,19 @@ pub struct Config {
     /// Sync period with `sync = "interval"`.
     pub sync_interval_ms: u64,
     /// Largest record value accepted, in bytes.
+    #[serde(deserialize_with = "crate::units::deserialize_bytes")]
     pub max_record_bytes: u64,
     /// Segment store size limit, in bytes.
+    #[serde(deserialize_with = "crate::units::deserialize_bytes")]
     pub segment_max_store_bytes: u64,
     /// Segment index size limit, in bytes.
+    #[serde(deserialize_with = "crate::units::deserialize_bytes")]
     pub segment_max_index_bytes: u64,
     /// Raft entries applied since the last snapshot that trigger a new one.
     pub snapshot_threshold: u64,
     /// Record bytes applied since the last snapshot that trigger a new one
     /// (0: only `snapshot_threshold` counts).
+    #[serde(deserialize_with = "crate::units::deserialize_bytes")]
     pub snapshot_threshold_bytes: u64,
     /// How long a produce may wait (queue and commit) before UNAVAILABLE,
     /// e.g. "5s".
@@ -129,6 +135,7 @@ pub struct Config {
     pub max_producers: u64,
     /// Keep at most this many bytes of records (0: no limit); the leader
     /// drops the oldest whole segments on every node.
+    #[serde(deserialize_with = "crate::units::deserialize_bytes")]
     pub retention_bytes: u64,
     /// Drop segments last written longer ago than this, e.g. "168h"
     /// ("0s": no limit).
@@ -139,6 +146,31 @@ pub struct Config {
     /// File holding the gossip encryption key: base64 of 32 bytes. Unset:
     /// gossip is not encrypted.
     pub gossip_key_file: Option<PathBuf>,
+    /// HTTP address serving `/metrics` (Prometheus text), `/health` and
+    /// `/ready`. Unset: no metrics endpoint.
+    pub metrics_addr: Option<SocketAddr>,
+    /// OTLP gRPC endpoint traces are exported to, e.g.
+    /// `http://127.0.0.1:4317` (Jaeger's OTLP port). Unset: no traces.
+    /// Plain `http://` only: an `https://` one is refused at validation.
+    pub otlp_endpoint: Option<String>,
+    /// Fraction of new traces sampled, 0.0 to 1.0; a trace started
+    /// elsewhere keeps its caller's decision.
+    pub trace_sample_ratio: f64,
+    /// Most TCP connections open at once on the RPC port (client and peer
+    /// together, handshakes included); one more is closed at once.
+    pub max_connections: u64,
+    /// Most HTTP/2 streams (calls) open at once on one connection; the
+    /// client is told so in the HTTP/2 settings and queues the rest.
+    pub max_concurrent_streams: u32,
+    /// Most calls one connection may have in progress at once; one more is
+    /// refused with RESOURCE_EXHAUSTED (streams count until they start).
+    pub max_in_flight_per_connection: u64,
+    /// How long a new TCP connection may stay silent before its first
+    /// byte, e.g. "5s"; then it is closed.
+    pub first_byte_timeout: String,
+    /// How long a new connection may take from accept to a finished TLS
+    /// handshake (first byte included), e.g. "10s"; then it is closed.
+    pub handshake_timeout: String,
 }
 
 impl Default for Config {
@@ -181,6 +213,14 @@ impl Default for Config {
             retention_age: "0s".into(),
             reap_timeout: "72h".into(),
             gossip_key_file: None,
+            metrics_addr: None,
+            otlp_endpoint: None,
+            trace_sample_ratio: 1.0,
+            max_connections: 4096,
+            max_concurrent_streams: 1024,
+            max_in_flight_per_connection: 1024,
+            first_byte_timeout: "5s".into(),
+            handshake_timeout: "10s".into(),
         }
     }
 }
@@ -248,6 +288,16 @@ impl Config {
         Ok(config)
     }
 
+    /// Parses the text of a TOML config file over the defaults, as
+    /// [`Config::load`] merges a file (no environment, no flags, not
+    /// validated); the config fuzz target's entry point.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| describe(e, None))
+    }
+
     /// Checks values the types alone can't: ranges, pairs that go together,
     /// files that must exist.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -295,6 +345,32 @@ impl Config {
             crate::discovery::GossipKey::from_file(path)
                 .map_err(|e| invalid("gossip_key_file", path.display(), &e.to_string()))?;
         }
+        if !(0.0..=1.0).contains(&self.trace_sample_ratio) {
+            return Err(invalid(
+                "trace_sample_ratio",
+                self.trace_sample_ratio,
+                "must be between 0.0 and 1.0",
+            ));
+        }
+        if let Some(endpoint) = &self.otlp_endpoint {
+            if endpoint.starts_with("https://") {
+                return Err(invalid(
+                    "otlp_endpoint",
+                    endpoint,
+                    "TLS to the trace sink is not supported (the exporter has no trust roots); \
+                     point it at a local collector over plain gRPC, e.g. http://127.0.0.1:4317 \
+                     (an OpenTelemetry Collector there can forward over TLS)",
+                ));
+            }
+            if !endpoint.starts_with("http://") {
+                return Err(invalid(
+                    "otlp_endpoint",
+                    endpoint,
+                    "expected a URL such as http://127.0.0.1:4317",
+                ));
+            }
+        }
+        self.connection_limits()?;
         if self.max_producers == 0 {
             return Err(invalid("max_producers", 0, "must be at least 1"));
         }
@@ -388,6 +464,43 @@ impl Config {
             ));
         }
         Ok(timeout)
+    }
+
+    /// The limits of the RPC port's connections (validated: every count
+    /// at least 1, timeouts positive).
+    pub fn connection_limits(&self) -> Result<crate::transport::Limits, ConfigError> {
+        let positive = |key: &str, value: &str| {
+            let d = crate::units::parse_duration(value).map_err(|e| invalid(key, value, &e))?;
+            if d.is_zero() {
+                return Err(invalid(key, value, "must be positive"));
+            }
+            Ok(d)
+        };
+        for (key, value) in [
+            ("max_connections", self.max_connections),
+            (
+                "max_concurrent_streams",
+                u64::from(self.max_concurrent_streams),
+            ),
+            (
+                "max_in_flight_per_connection",
+                self.max_in_flight_per_connection,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, 0, "must be at least 1"));
+            }
+        }
+        let first_byte = positive("first_byte_timeout", &self.first_byte_timeout)?;
+        let handshake = positive("handshake_timeout", &self.handshake_timeout)?;
+        Ok(crate::transport::Limits {
+            max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+            max_concurrent_streams: self.max_concurrent_streams,
+            max_in_flight_per_connection: usize::try_from(self.max_in_flight_per_connection)
+                .unwrap_or(usize::MAX),
+            first_byte_timeout: first_byte,
+            handshake_timeout: handshake,
+        })
     }
 
     /// The Unix socket's file mode.

@@ -275,3 +275,127 @@ fn reap_timeout_and_gossip_key_file_are_checked() {
     std::fs::write(&key, "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=\n").unwrap();
     config.validate().unwrap();
 }
+
+#[test]
+fn telemetry_keys_are_checked() {
+    let ratio = Config {
+        dev: true,
+        trace_sample_ratio: 1.5,
+        ..Config::default()
+    };
+    let err = ratio.validate().unwrap_err().to_string();
+    assert!(err.contains("trace_sample_ratio"), "{err}");
+    let endpoint = Config {
+        dev: true,
+        otlp_endpoint: Some("127.0.0.1:4317".into()),
+        ..Config::default()
+    };
+    let err = endpoint.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("otlp_endpoint") && err.contains("http://"),
+        "{err}"
+    );
+    // The exporter has no TLS: refused here, not at start.
+    let tls = Config {
+        dev: true,
+        otlp_endpoint: Some("https://collector.example:4317".into()),
+        ..Config::default()
+    };
+    let err = tls.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("otlp_endpoint")
+            && err.contains("https://collector.example:4317")
+            && err.contains("local collector")
+            && err.contains("http://127.0.0.1:4317"),
+        "{err}"
+    );
+    let plain = Config {
+        dev: true,
+        otlp_endpoint: Some("http://127.0.0.1:4317".into()),
+        ..Config::default()
+    };
+    plain.validate().unwrap();
+}
+
+#[test]
+fn byte_sizes_take_units_in_the_file_and_the_environment() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "proglog.toml",
+            "dev = true\nretention_bytes = \"10GiB\"\nsegment_max_store_bytes = 1048576\n",
+        )?;
+        jail.set_env("PROGLOG_MAX_RECORD_BYTES", "2MiB");
+        jail.set_env("PROGLOG_SNAPSHOT_THRESHOLD_BYTES", "4096");
+        let flags = AgentFlags {
+            config_file: Some("proglog.toml".into()),
+            segment_max_index_bytes: Some(crate::units::parse_bytes("1MiB").unwrap()),
+            ..AgentFlags::default()
+        };
+        let config = Config::load(&flags).map_err(|e| e.to_string())?;
+        assert_eq!(config.retention_bytes, 10 << 30);
+        assert_eq!(config.segment_max_store_bytes, 1 << 20);
+        assert_eq!(config.max_record_bytes, 2 << 20);
+        assert_eq!(config.snapshot_threshold_bytes, 4096);
+        assert_eq!(config.segment_max_index_bytes, 1 << 20);
+
+        jail.set_env("PROGLOG_RETENTION_BYTES", "10 parsecs");
+        let err = Config::load(&flags).unwrap_err().to_string();
+        assert!(err.contains("retention_bytes"), "{err}");
+        assert!(err.contains("10 parsecs"), "{err}");
+        Ok(())
+    });
+}
+
+#[test]
+fn the_local_three_node_configs_load() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let certs = tempfile::tempdir().unwrap();
+    crate::certs::generate(
+        certs.path(),
+        &["127.0.0.1".to_string(), "localhost".to_string()],
+    )
+    .unwrap();
+    let mut names = Vec::new();
+    let mut ports = Vec::new();
+    for n in 1..=3 {
+        let file = root.join(format!("config/node{n}.toml"));
+        let text = std::fs::read_to_string(&file).unwrap();
+        // The files name certs/ and config/ relative to the checkout: run
+        // them from a copy whose certs/ holds freshly generated ones.
+        Jail::expect_with(|jail| {
+            let dir = jail.directory().to_path_buf();
+            std::fs::create_dir_all(dir.join("config")).unwrap();
+            for f in ["model.conf", "policy.csv"] {
+                std::fs::copy(root.join("config").join(f), dir.join("config").join(f)).unwrap();
+            }
+            std::fs::create_dir_all(dir.join("certs")).unwrap();
+            for f in crate::certs::FILES {
+                std::fs::copy(certs.path().join(f), dir.join("certs").join(f)).unwrap();
+            }
+            jail.create_file("node.toml", &text)?;
+            let flags = AgentFlags {
+                config_file: Some("node.toml".into()),
+                ..AgentFlags::default()
+            };
+            let config = Config::load(&flags).map_err(|e| format!("{}: {e}", file.display()))?;
+            assert!(!config.dev);
+            assert_eq!(config.bootstrap, n == 1, "only node1 bootstraps");
+            assert!(
+                n == 1 || config.start_join_addrs == ["127.0.0.1:8401"],
+                "node{n} joins through node1's gossip address"
+            );
+            assert!(config.peer_tls_cert_file.is_some(), "peers use TLS");
+            names.push(config.node_name.clone());
+            ports.push(config.rpc_port);
+            ports.push(config.bind_addr.port());
+            ports.extend(config.metrics_addr.map(|a| a.port()));
+            Ok(())
+        });
+    }
+    names.dedup();
+    assert_eq!(names.len(), 3, "distinct node names: {names:?}");
+    let count = ports.len();
+    ports.sort();
+    ports.dedup();
+    assert_eq!(ports.len(), count, "no port used twice: {ports:?}");
+}

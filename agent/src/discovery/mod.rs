@@ -98,6 +98,34 @@ impl std::fmt::Debug for GossipKey {
     }
 }
 
+/// The most bytes a gossip key file may hold: a key is 45 bytes of base64
+/// and a newline, so a larger file is a wrong path (a log, a data file),
+/// refused before it is read whole.
+pub const GOSSIP_KEY_FILE_LIMIT: u64 = 4096;
+
+/// Reads the text of `path`, at most `limit` bytes: a larger file (or an
+/// endless one such as a device) is refused naming its size and the limit.
+fn read_bounded(path: &Path, limit: u64) -> Result<String, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > limit {
+        let size = std::fs::metadata(path)
+            .ok()
+            .map(|m| m.len())
+            .filter(|&len| len > limit)
+            .map_or_else(|| format!("more than {limit}"), |len| len.to_string());
+        return Err(format!(
+            "the file holds {size} bytes, over the {limit}-byte limit of a key file \
+             (a key is 44 characters of base64): is the path right?"
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| "the file is not text".to_string())
+}
+
 impl GossipKey {
     /// Reads the key at `path`: base64 of 32 bytes (surrounding
     /// whitespace ignored), as `head -c32 /dev/urandom | base64` makes.
@@ -108,7 +136,7 @@ impl GossipKey {
             path: path.display().to_string(),
             reason,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let text = read_bounded(path, GOSSIP_KEY_FILE_LIMIT).map_err(err)?;
         match text.trim().parse::<SecretKey>() {
             Ok(key @ SecretKey::Aes256(_)) => Ok(GossipKey(key)),
             Ok(_) => Err(err(

@@ -177,6 +177,36 @@ fn a_gossip_key_file_must_hold_base64_of_32_bytes() {
     assert!(missing.contains("nope"), "{missing}");
 }
 
+#[test]
+fn a_gossip_key_file_over_the_limit_is_refused_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.log");
+    // A valid key followed by a large tail: refused for its size, not
+    // read whole and not parsed.
+    let mut text = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=\n".to_string();
+    text.push_str(&" ".repeat(1 << 20));
+    std::fs::write(&path, &text).unwrap();
+    let big = GossipKey::from_file(&path).unwrap_err().to_string();
+    assert!(
+        big.contains("big.log")
+            && big.contains(&text.len().to_string())
+            && big.contains(&GOSSIP_KEY_FILE_LIMIT.to_string()),
+        "{big}"
+    );
+    // At the limit exactly it is still read (whitespace around the key).
+    text.truncate(GOSSIP_KEY_FILE_LIMIT as usize);
+    std::fs::write(&path, &text).unwrap();
+    GossipKey::from_file(&path).unwrap();
+    // An endless file has no size to name: "more than" the limit.
+    let endless = GossipKey::from_file(Path::new("/dev/zero"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        endless.contains("/dev/zero") && endless.contains("more than 4096 bytes"),
+        "{endless}"
+    );
+}
+
 // ---- the reconcile plan ----
 
 const REAP: Duration = Duration::from_secs(60);

@@ -55,6 +55,12 @@ pub trait FileHandle: Send + Sync + Debug {
     fn size(&self) -> io::Result<u64>;
     /// Truncates or extends (with zeros) the file to `len` bytes.
     fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Reserves disk space for the first `len` bytes (growing the file to
+    /// `len` if shorter), so that later writes there cannot fail for lack
+    /// of space. Files that are mapped need this: a write through a mapping
+    /// that finds the disk full is not an error but a SIGBUS that kills the
+    /// process.
+    fn allocate(&self, len: u64) -> io::Result<()>;
     /// fdatasync: makes the data, and the size needed to read it, durable.
     fn sync_data(&self) -> io::Result<()>;
     /// fsync: makes data and metadata durable.
@@ -155,6 +161,33 @@ impl FileHandle for RealFile {
 
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.0.set_len(len)
+    }
+
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        use rustix::fs::{fallocate, FallocateFlags};
+        if len == 0 {
+            return Ok(());
+        }
+        match fallocate(&self.0, FallocateFlags::empty(), 0, len) {
+            Ok(()) => Ok(()),
+            // A file system without fallocate: rewrite every byte (zeros
+            // past the old end), which makes it allocate the blocks.
+            Err(e) if e == rustix::io::Errno::OPNOTSUPP => {
+                if self.size()? < len {
+                    self.0.set_len(len)?;
+                }
+                let mut chunk = vec![0u8; 64 * 1024];
+                let mut at = 0;
+                while at < len {
+                    let n = chunk.len().min((len - at) as usize);
+                    self.0.read_exact_at(&mut chunk[..n], at)?;
+                    self.0.write_all_at(&chunk[..n], at)?;
+                    at += n as u64;
+                }
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn sync_data(&self) -> io::Result<()> {
@@ -582,6 +615,21 @@ impl FileHandle for SimHandle {
 
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.change(Change::SetLen(len))
+    }
+
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        // Space is not counted here; a full disk is a fault like a write's.
+        if self.size()? < len {
+            self.change(Change::SetLen(len))
+        } else {
+            self.with(|_, faults| match faults.full {
+                true => Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    "simulated: no space left on device",
+                )),
+                false => Ok(()),
+            })
+        }
     }
 
     fn sync_data(&self) -> io::Result<()> {

@@ -2,7 +2,8 @@
 //! in a file mapped with memmap2, one per record of the segment's store.
 //!
 //! File layout: a 16-byte header (`PLOGIDX\0`, version u16, flags u16,
-//! entry count u32), then the entries. The file is sized to its maximum when
+//! entry count u32), then the entries. The file is sized to its maximum, its
+//! space reserved (fallocate: a mapped write to a full disk is a SIGBUS), when
 //! created. The count in the header is trusted only when the `CLEAN` flag is
 //! set (written by seal/close, after the entries are flushed; cleared
 //! before the segment takes appends); otherwise recovery rebuilds every
@@ -39,7 +40,9 @@ impl Index {
         let capacity =
             (max_bytes.saturating_sub(HEADER_LEN) / ENTRY_LEN).clamp(1, u64::from(u32::MAX));
         let file = fs.create(path).at(path)?;
-        file.set_len(HEADER_LEN + capacity * ENTRY_LEN).at(path)?;
+        // Space reserved, not only a sparse length: entries are written
+        // through the mapping, where a full disk would be a SIGBUS.
+        file.allocate(HEADER_LEN + capacity * ENTRY_LEN).at(path)?;
         let mut index = Index {
             path: path.to_path_buf(),
             map: file.map().at(path)?,

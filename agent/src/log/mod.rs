@@ -67,6 +67,17 @@ pub struct LogConfig {
     pub prealloc_bytes: u64,
     /// Where the files live: the real disk, or a simulated one in tests.
     pub fs: Arc<dyn fs::FileSystem>,
+    /// Told how long each group-commit fdatasync took (the agent's fsync
+    /// latency histogram); `None`: nobody listens.
+    pub sync_observer: Option<Arc<dyn SyncObserver>>,
+}
+
+/// Hears of every group-commit fdatasync of a [`Log`] (metrics). Called on
+/// the syncing thread right after the fdatasync returns, before the round
+/// publishes: it must be cheap and must not block (a histogram record).
+pub trait SyncObserver: Send + Sync + std::fmt::Debug {
+    /// One fdatasync of a sync round took `took` (failed ones included).
+    fn synced(&self, took: Duration);
 }
 
 impl LogConfig {
@@ -90,6 +101,7 @@ impl Default for LogConfig {
             max_unsynced_bytes: 16 << 20,
             prealloc_bytes: 4 << 20,
             fs: Arc::new(fs::RealFs),
+            sync_observer: None,
         }
     }
 }

@@ -17,6 +17,11 @@
 //! asks for the segment lock while holding `io`, and nothing holds `state`
 //! while waiting on the `visible` watch.
 //!
+//! A caller that cannot block or await (openraft's flush callback) can
+//! instead register a function with [`GroupCommit::on_durable`]: the round
+//! that makes its records durable runs it on the syncer's thread, which
+//! saves the hop through an async task that awaiting the watch would take.
+//!
 //! Failure is final: after any write or sync error nothing more becomes
 //! visible and every waiter, now and later, gets [`LogError::SyncFailed`].
 //! Truncation bumps an epoch; a round that started before it publishes
@@ -32,7 +37,7 @@ use tracing::error;
 
 use super::error::{IoContext, LogError, Result};
 use super::fs::FileHandle;
-use super::SyncPolicy;
+use super::{SyncObserver, SyncPolicy};
 
 /// Where a sync round finds the file it syncs: the active store.
 pub(super) trait ActiveStore: Send + Sync {
@@ -40,8 +45,11 @@ pub(super) trait ActiveStore: Send + Sync {
     fn active_store(&self) -> (Arc<dyn FileHandle>, PathBuf);
 }
 
+/// A function run once the records below an offset are durable, or with
+/// the error that means they never will be.
+pub(super) type OnDurable = Box<dyn FnOnce(Result<()>) + Send>;
+
 /// The group-commit state of one log.
-#[derive(Debug)]
 pub(super) struct GroupCommit {
     dir: PathBuf,
     policy: SyncPolicy,
@@ -61,6 +69,23 @@ pub(super) struct GroupCommit {
     /// async waiter checks it while holding the watch's lock, and rounds
     /// publish to the watch while holding the state mutex).
     failed: AtomicBool,
+    /// Functions waiting for the visible watermark, each with the offset
+    /// it must reach, in registration order. Taken after `state` when
+    /// both are held.
+    callbacks: Mutex<Vec<(u64, OnDurable)>>,
+    /// Told the duration of every round's fdatasync (metrics).
+    observer: Option<Arc<dyn SyncObserver>>,
+}
+
+impl std::fmt::Debug for GroupCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCommit")
+            .field("dir", &self.dir)
+            .field("policy", &self.policy)
+            .field("state", &self.state)
+            .field("visible", &*self.visible.borrow())
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -121,7 +146,15 @@ impl GroupCommit {
             work: Condvar::new(),
             visible: watch::Sender::new(next),
             failed: AtomicBool::new(false),
+            callbacks: Mutex::new(Vec::new()),
+            observer: None,
         }
+    }
+
+    /// Reports the duration of every round's fdatasync to `observer`.
+    pub fn observed_by(mut self, observer: Option<Arc<dyn SyncObserver>>) -> Self {
+        self.observer = observer;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, SyncState> {
@@ -153,6 +186,7 @@ impl GroupCommit {
         st.failed = true;
         self.failed.store(true, Ordering::Release);
         self.wake_all();
+        self.run_callbacks();
     }
 
     fn wake_all(&self) {
@@ -221,6 +255,54 @@ impl GroupCommit {
         }
     }
 
+    /// Runs `f` once every offset below `next` is durable and visible
+    /// (with `Ok`), or once the log has failed (with
+    /// [`LogError::SyncFailed`]): at once on this thread if that is
+    /// already so, else on the thread that makes it so (usually the
+    /// syncer's, right after its fdatasync). `f` runs with the log's
+    /// group-commit state locked, so it must be quick and must not call
+    /// into the log; sending on a channel is what it is for.
+    pub fn on_durable(&self, next: u64, f: OnDurable) {
+        self.callbacks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((next, f));
+        // A round that published before the push could not see `f`; this
+        // check sees what that round published (the callbacks mutex
+        // orders the two).
+        self.run_callbacks();
+    }
+
+    /// Runs the registered functions whose records are now visible (or all
+    /// of them, with the error, once the log has failed), in registration
+    /// order. Called after every change of the visible watermark.
+    fn run_callbacks(&self) {
+        let ready: Vec<(u64, OnDurable)> = {
+            let mut callbacks = self.callbacks.lock().unwrap_or_else(|e| e.into_inner());
+            if callbacks.is_empty() {
+                return;
+            }
+            if self.is_failed() {
+                std::mem::take(&mut *callbacks)
+            } else {
+                let visible = *self.visible.borrow();
+                let (ready, waiting) = std::mem::take(&mut *callbacks)
+                    .into_iter()
+                    .partition(|(next, _)| *next <= visible);
+                *callbacks = waiting;
+                ready
+            }
+        };
+        let failed = self.is_failed();
+        for (_, f) in ready {
+            f(if failed {
+                Err(LogError::SyncFailed)
+            } else {
+                Ok(())
+            });
+        }
+    }
+
     /// Records a write up to `next` and applies the policy: wake the
     /// syncer (always), or make it visible at once (never).
     pub fn written(&self, next: u64, bytes: u64) {
@@ -237,6 +319,8 @@ impl GroupCommit {
                         *v = (*v).max(next);
                         grew
                     });
+                    drop(st);
+                    self.run_callbacks();
                 }
             }
         }
@@ -326,12 +410,20 @@ impl GroupCommit {
         st.rounds += 1;
         st.round_target = target;
         let round = st.rounds;
+        let round_bytes = bytes.saturating_sub(st.synced_bytes);
         drop(st);
         let (file, path) = store.active_store();
         let io = self.lock_io();
+        // One span per round (not per record): the fsync in traces.
+        let span =
+            tracing::info_span!("wal.fsync", round, offset = target, bytes = round_bytes).entered();
         let started = std::time::Instant::now();
         let result = file.sync_data().at(&path);
+        drop(span);
         let took = started.elapsed();
+        if let Some(observer) = &self.observer {
+            observer.synced(took);
+        }
         let mut st = self.lock();
         drop(io);
         st.syncing = false;
@@ -342,6 +434,7 @@ impl GroupCommit {
                 if target > st.synced {
                     st.synced = target;
                     self.visible.send_replace(target);
+                    self.run_callbacks();
                 }
                 st.synced_bytes = st.synced_bytes.max(bytes);
             }
@@ -369,6 +462,10 @@ impl GroupCommit {
             changed
         });
         self.round_done.iter().for_each(Condvar::notify_all);
+        // As for `wait_durable`: a function waits for the watermark, not
+        // for particular records, so callers sync before they truncate
+        // (the Raft log store does) and none is left waiting here.
+        self.run_callbacks();
     }
 
     /// After a clean close synced everything up to `next`: makes it all
@@ -380,6 +477,7 @@ impl GroupCommit {
             self.visible.send_replace(next);
         }
         self.wake_all();
+        self.run_callbacks();
     }
 
     /// Tells the syncer thread to exit.

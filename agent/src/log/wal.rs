@@ -100,7 +100,8 @@ impl Log {
                 buf: Vec::new(),
                 closed: false,
             }),
-            commit: GroupCommit::new(dir_for_commit, config.sync, config.max_unsynced_bytes, next),
+            commit: GroupCommit::new(dir_for_commit, config.sync, config.max_unsynced_bytes, next)
+                .observed_by(config.sync_observer.clone()),
             config,
         });
         let syncer = match shared.config.sync {
@@ -191,6 +192,15 @@ impl Log {
     /// `Never`, at once.
     pub async fn wait_durable(&self, next: u64) -> Result<()> {
         self.shared.commit.wait_durable(next).await
+    }
+
+    /// Runs `f` once every offset below `next` is durable and visible (or
+    /// the log has failed), on the thread that makes it so: the callback
+    /// form of [`Log::wait_durable`], for callers such as openraft's flush
+    /// callback that need no task to wait. `f` must be quick and must not
+    /// call into this log.
+    pub fn on_durable(&self, next: u64, f: impl FnOnce(Result<()>) + Send + 'static) {
+        self.shared.commit.on_durable(next, Box::new(f));
     }
 
     /// Makes every record written so far durable and visible, whatever the

@@ -116,6 +116,17 @@ impl LogStore {
         self.update_meta(|m| m.last_purged = Some(log_id)).await
     }
 
+    /// Index of the last entry openraft reported committed (`None`:
+    /// none yet), for metrics.
+    pub fn committed_index(&self) -> Option<u64> {
+        self.meta().committed.map(|l| l.index)
+    }
+
+    /// The WAL of the entries, for metrics (its size and segments).
+    pub fn wal(&self) -> &Arc<Log> {
+        &self.log
+    }
+
     fn recent(&self) -> std::sync::MutexGuard<'_, RecentEntries> {
         self.recent.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -261,6 +272,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.meta().committed)
     }
 
+    /// Traced as one `raft.append` span per call (a batch of entries).
+    #[tracing::instrument(
+        level = "info",
+        name = "raft.append",
+        skip_all,
+        fields(entries = tracing::field::Empty, first_index = tracing::field::Empty)
+    )]
     async fn append<I>(
         &mut self,
         entries: I,
@@ -277,6 +295,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             return Ok(());
         };
         let first_index = first.get_log_id().index;
+        tracing::Span::current()
+            .record("entries", entries.len())
+            .record("first_index", first_index);
         let written = self.log.written_offset();
         if first_index != written {
             if written <= self.first_index() {
@@ -316,11 +337,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             callback.log_io_completed(Ok(()));
             return Ok(());
         }
-        let log = Arc::clone(&self.log);
-        // The flush callback fires when a sync covers these entries: one
-        // fsync serves every append that arrived meanwhile.
-        tokio::spawn(async move {
-            let flushed = log.wait_durable(appended.next).await;
+        // The flush callback fires when a sync covers these entries (one
+        // fsync serves every append that arrived meanwhile), from the
+        // syncer's thread: no task hop between the fsync and openraft.
+        self.log.on_durable(appended.next, move |flushed| {
             callback.log_io_completed(flushed.map_err(std::io::Error::other));
         });
         Ok(())

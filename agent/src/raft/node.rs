@@ -9,12 +9,14 @@
 //! snapshot-by-bytes trigger. They live in `propose.rs` and `loops.rs`;
 //! `network.rs` has the [`Forward`] half of a node's network and the
 //! placeholder network of a node without peers; `transfer.rs` hands
-//! leadership to another voter, `membership.rs` changes the members.
+//! leadership to another voter, `membership.rs` changes the members;
+//! `stats.rs` reads the numbers the metrics endpoint exports.
 
 mod loops;
 mod membership;
 mod network;
 mod propose;
+mod stats;
 mod transfer;
 
 #[cfg(test)]
@@ -25,6 +27,8 @@ mod tests;
 mod tests_cluster;
 #[cfg(test)]
 mod tests_pipeline;
+#[cfg(test)]
+mod tests_power;
 
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher};
@@ -48,6 +52,7 @@ use loops::*;
 pub use membership::{ClusterStatus, MemberStatus, MembershipError, RoleWatch};
 pub use network::{Campaigned, Forward, Forwarded, NoNetwork};
 use propose::*;
+pub use stats::{FollowerLag, RaftStats, WalStats};
 
 use crate::server::{
     CommitError, CommitLog, Durable, Ordered, Producer, Reading, READ_BATCH_BYTES,
@@ -141,9 +146,10 @@ pub struct RaftNode {
     stop: CancellationToken,
     /// Serialises membership changes (one at a time).
     membership_lock: Arc<tokio::sync::Mutex<()>>,
-    /// The propose loop submits under it shared; a leadership transfer
-    /// holds it exclusively, so no entry is proposed meanwhile.
-    propose_gate: Arc<tokio::sync::RwLock<()>>,
+    /// Entry slots, the count of queued requests and the gate (a
+    /// leadership transfer holds it exclusively, so no entry is proposed
+    /// meanwhile), shared by the propose loop and direct submits.
+    lane: Arc<Lane>,
 }
 
 /// Entries per AppendEntries RPC (openraft's `max_payload_entries`, which
@@ -223,12 +229,12 @@ impl RaftNode {
         }
         let stop = CancellationToken::new();
         let (proposals, queue) = mpsc::channel(PROPOSAL_QUEUE);
-        let propose_gate = Arc::new(tokio::sync::RwLock::new(()));
+        let lane = Arc::new(Lane::new());
         tokio::spawn(propose_loop(
             raft.clone(),
             id,
             queue,
-            Arc::clone(&propose_gate),
+            Arc::clone(&lane),
             stop.clone(),
         ));
         let (failed, failure) = watch::channel(None);
@@ -277,7 +283,7 @@ impl RaftNode {
             failure,
             stop,
             membership_lock: Arc::default(),
-            propose_gate,
+            lane,
         })
     }
 
@@ -399,6 +405,7 @@ impl RaftNode {
         deadline: Instant,
     ) -> Ordered {
         let (proposals, queue_bytes) = (self.proposals.clone(), Arc::clone(&self.queue_bytes));
+        let (raft, lane) = (self.raft.clone(), Arc::clone(&self.lane));
         let failure = self.failure();
         Box::pin(async move {
             if let Some(why) = failure {
@@ -406,6 +413,21 @@ impl RaftNode {
             }
             let named = producer.clone();
             let bytes: usize = records.iter().map(Vec::len).sum();
+            let request = Request::Append {
+                records,
+                producer,
+                at_ms: 0,
+            };
+            // Nothing queued: this task submits the entry itself.
+            let request = match lane.try_direct(&raft, request, deadline).await {
+                Ok(committed) => {
+                    let committed = committed?;
+                    return Ok(
+                        Box::pin(async move { appended(committed.await?, named) }) as Durable
+                    );
+                }
+                Err(request) => request,
+            };
             // A request larger than the whole bound waits for an empty queue.
             let share = bytes.clamp(1, PROPOSAL_QUEUE_BYTES) as u32;
             let queued = tokio::time::timeout_at(deadline, queue_bytes.acquire_many_owned(share))
@@ -414,20 +436,18 @@ impl RaftNode {
                 .map_err(|_| stopped())?;
             let (reply_tx, reply_rx) = oneshot::channel();
             let pending = Pending {
-                request: Request::Append {
-                    records,
-                    producer,
-                    at_ms: 0,
-                },
+                request,
                 bytes,
                 reply: reply_tx,
                 deadline,
                 _queued: queued,
             };
-            tokio::time::timeout_at(deadline, proposals.send(pending))
-                .await
-                .map_err(|_| queue_full())?
-                .map_err(|_| stopped())?;
+            lane.queued();
+            let sent = tokio::time::timeout_at(deadline, proposals.send(pending)).await;
+            if !matches!(sent, Ok(Ok(()))) {
+                lane.left(1);
+            }
+            sent.map_err(|_| queue_full())?.map_err(|_| stopped())?;
             Ok(Box::pin(async move {
                 let reply = tokio::time::timeout_at(deadline, reply_rx)
                     .await
@@ -542,7 +562,9 @@ fn read_id(path: &Path) -> Result<Option<u64>, NodeError> {
     }
 }
 
-/// Reads records from `offset` on (see [`CommitLog::read`]). Past the end
+/// Reads records from `offset` on (see [`CommitLog::read`]). Outside the
+/// records held, [`CommitError::OutOfRange`] with the bounds (below the
+/// lowest offset: removed by retention; else past the end). Past the end
 /// before a restarted node has replayed its log, UNAVAILABLE rather than a
 /// misleading OUT_OF_RANGE.
 fn read_applied(
@@ -551,11 +573,10 @@ fn read_applied(
     offset: u64,
     max: usize,
 ) -> Result<Vec<Vec<u8>>, CommitError> {
-    if offset < sm.lowest_offset() {
-        return Err(LogError::OffsetOutOfRange { offset }.into());
-    }
     let first = match sm.read(offset) {
-        Err(LogError::OffsetOutOfRange { .. }) if !caught_up.load(Ordering::Acquire) => {
+        Err(CommitError::OutOfRange { lowest, .. })
+            if offset >= lowest && !caught_up.load(Ordering::Acquire) =>
+        {
             return Err(CommitError::Unavailable(
                 "replaying the raft log after a restart".into(),
             ))

@@ -32,6 +32,25 @@ use super::snapshot::{AppliedState, SnapshotDir};
 use super::transfer::SnapshotData;
 use super::{io_error, Entry, LogId, Member, Request, Response, StorageError, TypeConfig};
 use crate::log::{Log, LogConfig, LogError, SyncPolicy};
+use crate::server::CommitError;
+
+/// The answer to an append whose producer sequence was seen before: its
+/// original offsets (a retry), or STALE (older than the producer's
+/// window); `None` for a new sequence or no producer.
+fn repeated(applied: &Applied, producer: &Option<(String, u64)>) -> Option<Response> {
+    let (id, seq) = producer.as_ref()?;
+    match applied.state.producers.check(id, *seq) {
+        Verdict::Duplicate {
+            first_offset,
+            count,
+        } => Some(Response::Appended {
+            first_offset,
+            count,
+        }),
+        Verdict::Stale { oldest } => Some(Response::StaleSequence { oldest }),
+        Verdict::New => None,
+    }
+}
 
 /// Everything applied so far.
 #[derive(Debug, Clone, Default)]
@@ -182,18 +201,32 @@ impl StateMachine {
 
     /// Reads the applied record at `offset` without waiting for applies,
     /// builds or installs. Offsets outside `lowest..next` are
-    /// [`LogError::OffsetOutOfRange`]. A read that raced an install and hit
-    /// the closed old log is retried on the new one (same offsets, same
-    /// records: the log is replicated).
-    pub fn read(&self, offset: u64) -> Result<Vec<u8>, LogError> {
-        if offset < self.lowest_offset() || offset >= self.next_offset() {
-            return Err(LogError::OffsetOutOfRange { offset });
+    /// [`CommitError::OutOfRange`] with the bounds checked against (two
+    /// atomic loads, no disk I/O); one that retention removed between the
+    /// check and the read gets the bounds as they are then. A read that
+    /// raced an install and hit the closed old log is retried on the new
+    /// one (same offsets, same records: the log is replicated).
+    pub fn read(&self, offset: u64) -> Result<Vec<u8>, CommitError> {
+        let (lowest, next) = (self.lowest_offset(), self.next_offset());
+        if offset < lowest || offset >= next {
+            return Err(CommitError::OutOfRange {
+                offset,
+                lowest,
+                next,
+            });
         }
         loop {
             let data = self.shared.data.load_full();
             match data.read(offset) {
                 Err(LogError::Closed) if !Arc::ptr_eq(&data, &self.shared.data.load()) => {}
-                other => return other,
+                Err(LogError::OffsetOutOfRange { .. }) => {
+                    return Err(CommitError::OutOfRange {
+                        offset,
+                        lowest: self.lowest_offset(),
+                        next: self.next_offset(),
+                    })
+                }
+                other => return other.map_err(CommitError::from),
             }
         }
     }
@@ -240,20 +273,8 @@ impl StateMachine {
                 producer,
                 at_ms,
             } => {
-                if let Some((id, seq)) = &producer {
-                    match applied.state.producers.check(id, *seq) {
-                        Verdict::Duplicate {
-                            first_offset,
-                            count,
-                        } => {
-                            return Ok(Response::Appended {
-                                first_offset,
-                                count,
-                            })
-                        }
-                        Verdict::Stale { oldest } => return Ok(Response::StaleSequence { oldest }),
-                        Verdict::New => {}
-                    }
+                if let Some(answer) = repeated(applied, &producer) {
+                    return Ok(answer);
                 }
                 let first_offset = data.append_batch(&records)?;
                 let count = records.len() as u64;
@@ -269,11 +290,7 @@ impl StateMachine {
                     count,
                 })
             }
-            Request::Batch(requests) => requests
-                .into_iter()
-                .map(|r| self.apply_request(applied, r))
-                .collect::<Result<_, _>>()
-                .map(Response::Batch),
+            Request::Batch(requests) => self.apply_batch(applied, requests).map(Response::Batch),
             Request::Retain { lowest } => {
                 let lowest = lowest
                     .min(applied.state.next_offset)
@@ -289,6 +306,89 @@ impl StateMachine {
                 Ok(Response::Empty)
             }
         }
+    }
+
+    /// Applies the requests of one proposal batch, each answered as if
+    /// applied alone, but with the records of its new appends written to
+    /// the data log in one append (one write for the entry, not one per
+    /// request). Offsets are assigned in request order from the applied
+    /// next offset, and a retry later in the same batch finds the earlier
+    /// request's sequence already recorded.
+    fn apply_batch(
+        &self,
+        applied: &mut Applied,
+        requests: Vec<Request>,
+    ) -> Result<Vec<Response>, LogError> {
+        let data = self.data();
+        // The applied next offset: the data log's own `next_offset` is its
+        // visible watermark, which may lag what the last apply wrote.
+        let mut start = applied.state.next_offset;
+        let mut records: Vec<Vec<u8>> = Vec::new();
+        let mut answers = Vec::with_capacity(requests.len());
+        for request in requests {
+            let (more, producer, at_ms) = match request {
+                Request::Append {
+                    records,
+                    producer,
+                    at_ms,
+                } => (records, producer, at_ms),
+                // The propose loop batches appends only; anything else is
+                // applied in order, after the records before it.
+                other => {
+                    self.write_batch(&data, applied, start, &records)?;
+                    records.clear();
+                    answers.push(self.apply_request(applied, other)?);
+                    start = applied.state.next_offset;
+                    continue;
+                }
+            };
+            if let Some(answer) = repeated(applied, &producer) {
+                answers.push(answer);
+                continue;
+            }
+            let first_offset = start + records.len() as u64;
+            let count = more.len() as u64;
+            if let Some((id, seq)) = producer {
+                applied
+                    .state
+                    .producers
+                    .record(&id, seq, first_offset, count, at_ms);
+            }
+            records.extend(more);
+            answers.push(Response::Appended {
+                first_offset,
+                count,
+            });
+        }
+        self.write_batch(&data, applied, start, &records)?;
+        Ok(answers)
+    }
+
+    /// Appends the records a batch accepted, which were given offsets from
+    /// `start` on.
+    fn write_batch(
+        &self,
+        data: &Log,
+        applied: &mut Applied,
+        start: u64,
+        records: &[Vec<u8>],
+    ) -> Result<(), LogError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let first = data.append_batch(records)?;
+        if first != start {
+            // Never expected: only applies write the data log, in order.
+            return Err(LogError::Io {
+                path: data.dir().to_path_buf(),
+                source: std::io::Error::other(format!(
+                    "the data log appended a batch at offset {first}, the state machine \
+                     answered from offset {start}"
+                )),
+            });
+        }
+        applied.state.next_offset = start + records.len() as u64;
+        Ok(())
     }
 
     /// Builds a snapshot of everything applied. Under the applied-state

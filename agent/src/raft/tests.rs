@@ -252,6 +252,10 @@ async fn a_batch_entry_answers_each_request_in_order() {
         EntryPayload::Normal(req) => req,
         _ => unreachable!("append builds a normal entry"),
     };
+    let appended = |first_offset, count| Response::Appended {
+        first_offset,
+        count,
+    };
     let batch = Request::Batch(vec![
         one(&[b"a"], None),
         one(&[b"b", b"c"], Some(("p", 1))),
@@ -265,23 +269,36 @@ async fn a_batch_entry_answers_each_request_in_order() {
     assert_eq!(
         replies,
         vec![Response::Batch(vec![
-            Response::Appended {
-                first_offset: 0,
-                count: 1
-            },
-            Response::Appended {
-                first_offset: 1,
-                count: 2
-            },
-            Response::Appended {
-                first_offset: 1,
-                count: 2
-            },
-            Response::Appended {
-                first_offset: 3,
-                count: 1
-            },
+            appended(0, 1),
+            appended(1, 2),
+            appended(1, 2),
+            appended(3, 1),
         ])]
     );
-    assert_eq!(sm.data().read(3).unwrap(), b"d");
+    // The accepted records are in the data log, in order, each once.
+    let logged: Vec<Vec<u8>> = (0..4).map(|o| sm.data().read(o).unwrap()).collect();
+    assert_eq!(logged, [&b"a"[..], b"b", b"c", b"d"]);
+
+    // A request that is not an append (the propose loop never batches one)
+    // is applied in its place: the records before it are written first,
+    // those after it get the offsets that follow.
+    let batch = Request::Batch(vec![
+        one(&[b"e"], None),
+        Request::Retain { lowest: 2 },
+        one(&[b"f"], Some(("p", 2))),
+    ]);
+    let replies = sm
+        .apply(vec![entry(1, EntryPayload::Normal(batch))])
+        .await
+        .unwrap();
+    assert_eq!(
+        replies,
+        vec![Response::Batch(vec![
+            appended(4, 1),
+            Response::Retained { lowest: 2 },
+            appended(5, 1),
+        ])]
+    );
+    assert_eq!(sm.lowest_offset(), 2);
+    assert_eq!(sm.data().read(5).unwrap(), b"f");
 }

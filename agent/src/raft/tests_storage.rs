@@ -11,7 +11,8 @@ use openraft::{CommittedLeaderId, EntryPayload, RaftSnapshotBuilder};
 
 use super::tests::{entry, membership};
 use super::{Entry, LogId, Request, Response, StateMachine, TypeConfig};
-use crate::log::{LogConfig, LogError};
+use crate::log::LogConfig;
+use crate::server::CommitError;
 
 /// How long any single wait in these tests may take before it fails.
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -120,7 +121,11 @@ async fn reads_complete_while_an_apply_holds_the_apply_lock() {
     }
     assert!(matches!(
         reads[10],
-        Err(LogError::OffsetOutOfRange { offset: 10 })
+        Err(CommitError::OutOfRange {
+            offset: 10,
+            lowest: 0,
+            next: 10
+        })
     ));
     assert_eq!((lowest, next), (0, 10));
     assert!(!apply.is_finished(), "the apply waits for the lock");
@@ -293,7 +298,11 @@ async fn a_consumer_keeps_receiving_across_retention() {
     assert_eq!(got, values(95, 110));
     assert!(matches!(
         sm.read(59),
-        Err(LogError::OffsetOutOfRange { offset: 59 })
+        Err(CommitError::OutOfRange {
+            offset: 59,
+            lowest: 60,
+            next: 110
+        })
     ));
     assert_eq!(sm.read(60).unwrap(), value(60));
 }

@@ -3,8 +3,9 @@
 //! book's model: subject, object `*`, action `produce`|`consume`, and
 //! ours, `admin`).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
 use casbin::{CoreApi, DefaultModel, Enforcer, FileAdapter};
@@ -36,10 +37,61 @@ pub struct AclError {
 
 /// Decides whether a subject may perform an action. Reloadable: a reload
 /// builds a new enforcer from the files and swaps it in only if it loads.
+///
+/// Every call is checked, but not every call pays for it: the Common Name
+/// of each client certificate seen and each decision of the policy in
+/// force are remembered (a profile at 64 calls in flight showed the
+/// certificate parse and the Casbin evaluation on every call). The
+/// decisions live with their policy, so a reload starts afresh.
 pub struct Authorizer {
     files: Option<(PathBuf, PathBuf)>,
-    enforcer: ArcSwapOption<Enforcer>,
+    enforcer: ArcSwapOption<Policy>,
     unix_subject: Option<String>,
+    /// Common Name by certificate (DER), bounded by [`REMEMBERED`].
+    names: Mutex<HashMap<Vec<u8>, String>>,
+}
+
+/// Entries each cache holds before it is emptied and starts again (a
+/// cluster has a few clients; a flood of certificates only costs parses).
+const REMEMBERED: usize = 1024;
+
+/// A loaded policy and the decisions it gave, per subject and action.
+struct Policy {
+    enforcer: Enforcer,
+    decisions: Mutex<HashMap<String, Vec<(&'static str, bool)>>>,
+}
+
+impl Policy {
+    fn new(enforcer: Enforcer) -> Policy {
+        Policy {
+            enforcer,
+            decisions: Mutex::default(),
+        }
+    }
+
+    /// Whether `subject` may perform `action` on [`OBJECT`].
+    fn allows(&self, subject: &str, action: &'static str) -> Result<bool, casbin::Error> {
+        let remembered = |d: &HashMap<String, Vec<(&'static str, bool)>>| {
+            d.get(subject)?
+                .iter()
+                .find(|(a, _)| *a == action)
+                .map(|(_, allowed)| *allowed)
+        };
+        if let Some(allowed) = remembered(&self.decisions.lock().unwrap_or_else(|e| e.into_inner()))
+        {
+            return Ok(allowed);
+        }
+        let allowed = self.enforcer.enforce((subject, OBJECT, action))?;
+        let mut decisions = self.decisions.lock().unwrap_or_else(|e| e.into_inner());
+        if decisions.len() >= REMEMBERED {
+            decisions.clear();
+        }
+        decisions
+            .entry(subject.to_string())
+            .or_default()
+            .push((action, allowed));
+        Ok(allowed)
+    }
 }
 
 impl std::fmt::Debug for Authorizer {
@@ -60,8 +112,9 @@ impl Authorizer {
         let enforcer = load(model, policy).await?;
         Ok(Authorizer {
             files: Some((model.to_path_buf(), policy.to_path_buf())),
-            enforcer: ArcSwapOption::from_pointee(enforcer),
+            enforcer: ArcSwapOption::from_pointee(Policy::new(enforcer)),
             unix_subject,
+            names: Mutex::default(),
         })
     }
 
@@ -71,6 +124,7 @@ impl Authorizer {
             files: None,
             enforcer: ArcSwapOption::empty(),
             unix_subject: None,
+            names: Mutex::default(),
         }
     }
 
@@ -78,18 +132,18 @@ impl Authorizer {
     pub async fn reload(&self) -> Result<(), AclError> {
         if let Some((model, policy)) = &self.files {
             self.enforcer
-                .store(Some(Arc::new(load(model, policy).await?)));
+                .store(Some(Arc::new(Policy::new(load(model, policy).await?))));
         }
         Ok(())
     }
 
     /// Checks that the caller of `req` may perform `action`.
-    pub fn authorize<T>(&self, req: &Request<T>, action: &str) -> Result<(), Status> {
-        let Some(enforcer) = self.enforcer.load_full() else {
+    pub fn authorize<T>(&self, req: &Request<T>, action: &'static str) -> Result<(), Status> {
+        let Some(policy) = self.enforcer.load_full() else {
             return Ok(());
         };
         let subject = self.subject(req)?;
-        match enforcer.enforce((subject.as_str(), OBJECT, action)) {
+        match policy.allows(&subject, action) {
             Ok(true) => Ok(()),
             Ok(false) => Err(Status::permission_denied(format!(
                 "{subject} not permitted to {action} to {OBJECT}"
@@ -112,8 +166,25 @@ impl Authorizer {
         let leaf = certs
             .first()
             .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
-        common_name(leaf.as_ref())
-            .ok_or_else(|| Status::unauthenticated("client certificate has no common name"))
+        let der: &[u8] = leaf.as_ref();
+        let known = self.lock_names().get(der).cloned();
+        if let Some(name) = known {
+            return Ok(name);
+        }
+        let name = common_name(der)
+            .ok_or_else(|| Status::unauthenticated("client certificate has no common name"))?;
+        let mut names = self.lock_names();
+        if names.len() >= REMEMBERED {
+            names.clear();
+        }
+        names.insert(der.to_vec(), name.clone());
+        Ok(name)
+    }
+}
+
+impl Authorizer {
+    fn lock_names(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, String>> {
+        self.names.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

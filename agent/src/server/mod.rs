@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use crate::log::LogError;
 pub use admin::AdminService;
@@ -56,6 +57,29 @@ pub enum CommitError {
     /// the leader could not be reached: the client gets it as it is.
     #[error("leader: {}", .0.message())]
     Leader(Status),
+    /// A read outside the records held, `lowest..next`: below the lowest
+    /// offset retention kept, or at or past the next offset. The bounds
+    /// are those the read was checked against; the status carries them as
+    /// metadata, so clients need not parse the message.
+    #[error("{}", out_of_range(*.offset, *.lowest, *.next))]
+    OutOfRange {
+        /// The offset asked for.
+        offset: u64,
+        /// The lowest offset held (retention removed those below).
+        lowest: u64,
+        /// The offset the next record gets (the end of the log).
+        next: u64,
+    },
+}
+
+/// The message of [`CommitError::OutOfRange`]: which side of the range
+/// `offset` fell off.
+fn out_of_range(offset: u64, lowest: u64, next: u64) -> String {
+    if offset < lowest {
+        format!("offset {offset} was removed by retention: the log starts at offset {lowest}")
+    } else {
+        format!("offset {offset} is past the end of the log (next offset {next})")
+    }
 }
 
 /// An idempotent producer's identity and the sequence of one request.
@@ -83,7 +107,8 @@ pub trait CommitLog: Send + Sync + 'static {
     /// sequence already applied answers with its original offsets.
     fn append(&self, records: Vec<Vec<u8>>, producer: Producer) -> Ordered;
     /// Reads committed records from `offset` on: the one at `offset` (or
-    /// the error that it cannot be read) and those after it, up to `max`
+    /// the error that it cannot be read: [`CommitError::OutOfRange`] with
+    /// the bounds when it is not held) and those after it, up to `max`
     /// records, the last one committed, and about [`READ_BATCH_BYTES`].
     /// The reads run on a blocking thread (they may wait for the disk,
     /// never for writes or applies).
@@ -250,7 +275,7 @@ impl LogRpc for LogService {
         let (tx, rx) = mpsc::channel(STREAM_WINDOW);
         let (pending_tx, mut pending_rx) = mpsc::channel::<Result<Durable, Status>>(STREAM_WINDOW);
         let this = self.clone();
-        tokio::spawn(async move {
+        let appends = async move {
             loop {
                 let next = tokio::select! {
                     _ = this.shutdown.cancelled() => return,
@@ -259,7 +284,14 @@ impl LogRpc for LogService {
                 };
                 let req = match next {
                     Ok(Some(req)) => req,
-                    Ok(None) | Err(_) => return,
+                    Ok(None) => return,
+                    // A message that could not be read (malformed: the
+                    // codec's INVALID_ARGUMENT) ends the stream with its
+                    // status after the replies before it, not a silent OK.
+                    Err(status) => {
+                        let _ = pending_tx.send(Err(status)).await;
+                        return;
+                    }
                 };
                 let ordered = match this.check_produce(req) {
                     Ok((value, producer)) => this
@@ -273,7 +305,9 @@ impl LogRpc for LogService {
                     return;
                 }
             }
-        });
+        };
+        // The call's span (and trace) covers the appends and forwards.
+        tokio::spawn(appends.in_current_span());
         tokio::spawn(async move {
             while let Some(pending) = pending_rx.recv().await {
                 let reply = match pending {
@@ -326,3 +360,5 @@ fn producer(id: String, sequence: u64) -> Producer {
 mod tests;
 #[cfg(test)]
 mod tests_admin;
+#[cfg(test)]
+mod tests_bad_input;

@@ -1,6 +1,7 @@
 //! The one place where WAL and membership errors become gRPC statuses.
 
 use proglog_proto::admin::{LEADER_ADDR_METADATA, LEADER_NAME_METADATA};
+use proglog_proto::{LOWEST_OFFSET_METADATA, NEXT_OFFSET_METADATA};
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::Status;
 
@@ -16,6 +17,13 @@ impl From<CommitError> for Status {
             CommitError::StaleSequence { .. } => Status::failed_precondition(e.to_string()),
             CommitError::Unavailable(_) => Status::unavailable(e.to_string()),
             CommitError::Leader(status) => status,
+            CommitError::OutOfRange { lowest, next, .. } => {
+                // Decimal digits are always valid metadata.
+                let mut metadata = MetadataMap::new();
+                metadata.insert(LOWEST_OFFSET_METADATA, MetadataValue::from(lowest));
+                metadata.insert(NEXT_OFFSET_METADATA, MetadataValue::from(next));
+                Status::with_metadata(tonic::Code::OutOfRange, e.to_string(), metadata)
+            }
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use proglog_client::{Client, Error, Target, Tls};
+use proglog_client::{retained_range, Client, Error, Target, Tls};
 use proglog_proto::{ProduceBatchRequest, ProduceRequest, Record};
 use tokio::io::AsyncWriteExt;
 use tokio_stream::StreamExt;
@@ -77,11 +77,11 @@ impl Node {
         Node { agent, ..self }
     }
 
-    fn certs(&self) -> PathBuf {
+    pub(super) fn certs(&self) -> PathBuf {
         self.dir.path().join("certs")
     }
 
-    fn tls(&self, user: &str) -> Tls {
+    pub(super) fn tls(&self, user: &str) -> Tls {
         let c = self.certs();
         Tls::from_files(
             &c.join("ca.pem"),
@@ -138,7 +138,10 @@ async fn consume_past_the_end_is_out_of_range() {
     match c.consume(1).await {
         Err(Error::Status(s)) => {
             assert_eq!(s.code(), Code::OutOfRange);
-            assert_eq!(s.message(), "offset out of range: 1");
+            assert_eq!(
+                s.message(),
+                "offset 1 is past the end of the log (next offset 1)"
+            );
         }
         other => panic!("expected OUT_OF_RANGE, got {other:?}"),
     }
@@ -495,6 +498,15 @@ async fn live_acl_edit_applies_to_new_calls() {
     std::fs::remove_file(&policy).unwrap();
     assert!(!node.agent.reload(None).await.is_empty());
     assert_eq!(nobody.produce("still allowed").await.unwrap(), 1);
+    // Revoked: the decision remembered under the old policy goes with it.
+    replace(&policy, "p, root, *, produce\np, root, *, consume\n");
+    assert!(node.agent.reload(None).await.is_empty());
+    assert_eq!(
+        code(nobody.produce("revoked").await),
+        Code::PermissionDenied
+    );
+    let mut root = node.client("root").await;
+    assert_eq!(root.produce("root still may").await.unwrap(), 2);
 }
 
 #[tokio::test]
@@ -601,6 +613,18 @@ async fn a_retried_producer_sequence_appends_once_also_after_a_restart() {
     assert_eq!(next, 4 + crate::raft::producers::WINDOW as u64);
 }
 
+/// The message and the `(lowest, next)` metadata of an OUT_OF_RANGE.
+fn out_of_range<T: std::fmt::Debug>(r: Result<T, Error>) -> (String, u64, u64) {
+    let e = match r {
+        Err(e @ Error::Status(_)) => e,
+        other => panic!("expected OUT_OF_RANGE, got {other:?}"),
+    };
+    let Error::Status(s) = &e else { unreachable!() };
+    assert_eq!(s.code(), Code::OutOfRange, "{s:?}");
+    let (lowest, next) = retained_range(&e).unwrap_or_else(|| panic!("no range in {s:?}"));
+    (s.message().to_string(), lowest, next)
+}
+
 #[tokio::test]
 async fn retention_drops_old_records_and_reads_below_get_out_of_range() {
     let node = Node::start(|c| {
@@ -620,19 +644,64 @@ async fn retention_drops_old_records_and_reads_below_get_out_of_range() {
     .await;
     let newest = c.consume(99).await.unwrap();
     assert!(newest.starts_with(b"record-0099"));
-    // Everything from the new lowest offset on is still there, densely.
-    let mut lowest = 0;
-    while c.consume(lowest).await.is_err() {
-        lowest += 1;
-    }
+    // Below the lowest offset: the message says retention removed it and
+    // where the log starts; the metadata has the same numbers.
+    let (message, lowest, next) = out_of_range(c.consume(0).await);
     assert!(lowest > 0 && lowest < 99, "lowest {lowest}");
-    for o in lowest..100 {
-        assert!(c
-            .consume(o)
-            .await
-            .unwrap()
-            .starts_with(format!("record-{o:04}").as_bytes()));
+    assert_eq!(next, 100);
+    assert_eq!(
+        message,
+        format!("offset 0 was removed by retention: the log starts at offset {lowest}")
+    );
+    // Past the end: the message says so and names the next offset.
+    let (message, past_lowest, next) = out_of_range(c.consume(100).await);
+    assert_eq!(
+        message,
+        "offset 100 is past the end of the log (next offset 100)"
+    );
+    assert!(past_lowest >= lowest && next == 100);
+    let (message, _, _) = out_of_range(c.consume(u64::MAX).await);
+    assert_eq!(
+        message,
+        format!(
+            "offset {} is past the end of the log (next offset 100)",
+            u64::MAX
+        )
+    );
+    // Everything from the lowest offset on is still there, densely (the
+    // retention loop may move the lowest offset on meanwhile: a read it
+    // overtook must say so and name the new lowest offset).
+    let mut o = lowest;
+    while o < 100 {
+        match c.consume(o).await {
+            Ok(value) => assert!(value.starts_with(format!("record-{o:04}").as_bytes())),
+            Err(e) => {
+                let (message, moved, _) = out_of_range(Err::<(), _>(e));
+                assert!(
+                    moved > o,
+                    "offset {o} unreadable but not removed: {message}"
+                );
+                o = moved;
+                continue;
+            }
+        }
+        o += 1;
     }
+    // A stream that starts below the lowest offset ends with that status.
+    let mut stream = c.consume_stream(0).await.unwrap();
+    let first = stream.next().await.expect("the stream ends with a status");
+    let (message, stream_lowest, next) = out_of_range(first);
+    assert!(stream_lowest >= lowest && next == 100, "{message}");
+    assert_eq!(
+        message,
+        format!("offset 0 was removed by retention: the log starts at offset {stream_lowest}")
+    );
+    assert!(stream.next().await.is_none(), "the stream ended");
+    // One that starts at the end waits for the next record instead.
+    let mut stream = c.consume_stream(100).await.unwrap();
+    assert_eq!(c.produce("after").await.unwrap(), 100);
+    let (offset, value) = stream.next().await.unwrap().unwrap();
+    assert_eq!((offset, value.as_slice()), (100, &b"after"[..]));
 }
 
 #[tokio::test]

@@ -7,9 +7,14 @@
 //! reaches the Raft service ([`RaftRoute`]). Anything else is gRPC, over
 //! TLS unless in dev mode (which has no Raft path: one node). Handshakes
 //! run in a task per connection, so a slow or silent client never stalls
-//! accept.
+//! accept; the [`Limits`] bound how many connections are open, how long a
+//! new one may stay silent before its first byte and how long its
+//! handshake may take (see [`limits`]).
 
+pub mod limits;
 pub mod tls;
+
+pub use limits::{Conn, Limits, Permit};
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -30,9 +35,6 @@ use tracing::{debug, warn};
 
 /// First byte of a Raft connection on the shared port (the book's RaftRPC).
 pub const RAFT_RPC: u8 = 0x01;
-/// How long a new connection may take to send its first byte and finish
-/// its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A source of connections for tonic.
 pub trait Transport: Send + 'static {
@@ -52,6 +54,8 @@ pub struct TlsTcp {
     pub tls: Arc<ArcSwap<ServerConfig>>,
     /// Where Raft connections (first byte `0x01`) go; refused if `None`.
     pub raft: Option<RaftRoute>,
+    /// Connection count and handshake time limits.
+    pub limits: Limits,
 }
 
 /// The Raft path of the shared port: admitted peer connections go to
@@ -61,14 +65,14 @@ pub struct RaftRoute {
     /// The current peer TLS (swapped by hot reload).
     pub tls: Arc<ArcSwap<tls::PeerTls>>,
     /// Admitted connections.
-    pub conns: mpsc::Sender<io::Result<TlsStream<TcpStream>>>,
+    pub conns: mpsc::Sender<io::Result<Conn<TlsStream<TcpStream>>>>,
 }
 
 impl RaftRoute {
     /// Consumes the Raft byte, runs the TLS handshake with the peer
     /// config and admits the peer by its certificate's CN; a refused
     /// connection is dropped before any Raft call.
-    async fn admit(&self, mut sock: TcpStream) {
+    async fn admit(&self, mut sock: TcpStream, permit: Permit) {
         let peer = sock.peer_addr().ok();
         let mut byte = [0u8; 1];
         if sock.read_exact(&mut byte).await.is_err() {
@@ -93,7 +97,7 @@ impl RaftRoute {
         match tls.admit(leaf.map(|c| c.as_ref())) {
             Ok(cn) => {
                 debug!(?peer, %cn, "raft connection admitted");
-                let _ = self.conns.send(Ok(stream)).await;
+                let _ = self.conns.send(Ok(Conn::new(stream, permit))).await;
             }
             Err(why) => warn!(?peer, reason = %why, "raft connection refused"),
         }
@@ -104,6 +108,8 @@ impl RaftRoute {
 pub struct PlainTcp {
     /// The bound listener.
     pub listener: TcpListener,
+    /// Connection count and first-byte time limits.
+    pub limits: Limits,
 }
 
 /// A Unix domain socket for the co-located app; removes its file on drop.
@@ -143,18 +149,25 @@ impl Drop for Unix {
 }
 
 /// Accepts TCP connections and hands each, in its own task, to `handle`,
-/// which returns the connection to serve (or `None` to drop it).
+/// which returns the connection to serve (or `None` to drop it). A
+/// connection past `limits.max_connections` is closed at once; one that
+/// sends no byte within `limits.first_byte_timeout`, or whose `handle`
+/// (the handshake) is not done `limits.handshake_timeout` after accept, is
+/// closed.
 fn accept_tcp<Io, F, Fut>(
     listener: TcpListener,
+    limits: Limits,
     cancel: CancellationToken,
     handle: F,
-) -> ReceiverStream<io::Result<Io>>
+) -> ReceiverStream<io::Result<Conn<Io>>>
 where
     Io: Send + 'static,
-    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Option<Io>> + Send + 'static,
+    F: Fn(TcpStream, Permit) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Option<Conn<Io>>> + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(128);
+    let slots = limits.connection_slots();
+    let handle = Arc::new(handle);
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -169,13 +182,28 @@ where
                     continue;
                 }
             };
+            let Some(permit) = Permit::try_take(&slots) else {
+                debug!(%peer, limit = limits.max_connections,
+                    "connection closed: max_connections reached");
+                continue;
+            };
             let _ = sock.set_nodelay(true);
-            let (tx, conn) = (tx.clone(), handle(sock));
-            let cancel = cancel.clone();
+            let (tx, handle, cancel) = (tx.clone(), Arc::clone(&handle), cancel.clone());
             tokio::spawn(async move {
+                let conn = async move {
+                    // Waits for the first byte without taking it.
+                    let mut first = [0u8; 1];
+                    let peeked =
+                        tokio::time::timeout(limits.first_byte_timeout, sock.peek(&mut first));
+                    if peeked.await.is_err() {
+                        debug!(%peer, "connection dropped: no first byte in time");
+                        return None;
+                    }
+                    handle(sock, permit).await
+                };
                 let io = tokio::select! {
                     _ = cancel.cancelled() => return,
-                    io = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn) => io,
+                    io = tokio::time::timeout(limits.handshake_timeout, conn) => io,
                 };
                 match io {
                     Ok(Some(io)) => {
@@ -210,18 +238,18 @@ async fn route(sock: &TcpStream) -> Route {
 }
 
 impl Transport for TlsTcp {
-    type Io = TlsStream<TcpStream>;
+    type Io = Conn<TlsStream<TcpStream>>;
 
     fn incoming(self, cancel: CancellationToken) -> ReceiverStream<io::Result<Self::Io>> {
         let (tls, raft) = (self.tls, self.raft);
-        accept_tcp(self.listener, cancel, move |sock| {
+        accept_tcp(self.listener, self.limits, cancel, move |sock, permit| {
             let acceptor = TlsAcceptor::from(tls.load_full());
             let raft = raft.clone();
             async move {
                 match (route(&sock).await, raft) {
                     (Route::Grpc, _) => {}
                     (Route::Raft, Some(raft)) => {
-                        raft.admit(sock).await;
+                        raft.admit(sock, permit).await;
                         return None;
                     }
                     (Route::Raft, None) => {
@@ -232,7 +260,7 @@ impl Transport for TlsTcp {
                 }
                 let peer = sock.peer_addr().ok();
                 match acceptor.accept(sock).await {
-                    Ok(tls) => Some(tls),
+                    Ok(tls) => Some(Conn::new(tls, permit)),
                     Err(e) => {
                         debug!(?peer, error = %e, "TLS handshake failed");
                         None
@@ -244,13 +272,18 @@ impl Transport for TlsTcp {
 }
 
 impl Transport for PlainTcp {
-    type Io = TcpStream;
+    type Io = Conn<TcpStream>;
 
     fn incoming(self, cancel: CancellationToken) -> ReceiverStream<io::Result<Self::Io>> {
-        accept_tcp(self.listener, cancel, |sock| async move {
-            // Dev mode is one node: no Raft path.
-            (route(&sock).await == Route::Grpc).then_some(sock)
-        })
+        accept_tcp(
+            self.listener,
+            self.limits,
+            cancel,
+            |sock, permit| async move {
+                // Dev mode is one node: no Raft path.
+                (route(&sock).await == Route::Grpc).then(|| Conn::new(sock, permit))
+            },
+        )
     }
 }
 

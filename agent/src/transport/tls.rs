@@ -127,3 +127,21 @@ pub fn peer_tls(cert: &Path, key: &Path, ca: &Path, extra: &[String]) -> Result<
         names,
     })
 }
+
+/// What a rustls client sends first (a real ClientHello), for tests that
+/// feed the acceptor the opening of a TLS handshake.
+#[cfg(test)]
+pub(crate) fn client_hello() -> Vec<u8> {
+    install_crypto_provider();
+    let config = ClientConfig::builder()
+        .with_root_certificates(RootCertStore::empty())
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("a valid name");
+    let mut conn =
+        rustls::ClientConnection::new(Arc::new(config), name).expect("a client connection");
+    let mut out = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut out).expect("writing to a Vec");
+    }
+    out
+}

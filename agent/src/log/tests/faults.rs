@@ -174,3 +174,44 @@ fn truncation_fences_a_sync_round_in_flight() {
     }
     assert_eq!(log.read(2).unwrap(), old[2]);
 }
+
+#[test]
+fn a_durability_callback_runs_after_its_sync_or_with_the_failure() {
+    let fs = SimFs::new();
+    let dir = PathBuf::from("/sim/callback");
+    let log = Arc::new(Log::open(&dir, sim(&fs, SyncPolicy::Always)).unwrap());
+    let (tx, fired) = mpsc::channel();
+    let callback = |tag: &'static str| {
+        let tx = tx.clone();
+        move |result: Result<(), LogError>| {
+            let _ = tx.send((tag, result.is_ok()));
+        }
+    };
+
+    // Already durable: runs at once, on this thread.
+    log.append(b"synced").unwrap();
+    log.on_durable(1, callback("already"));
+    assert_eq!(fired.try_recv().unwrap(), ("already", true));
+
+    // Not yet durable: runs only once the held sync round completes.
+    fs.hold_syncs(true);
+    let appended = log.append_batch_nowait(&[b"pending"]).unwrap();
+    log.on_durable(appended.next, callback("pending"));
+    wait_until("a sync round in flight", || fs.held_syncs() >= 1);
+    assert!(fired.try_recv().is_err(), "ran before its fsync completed");
+    fs.hold_syncs(false);
+    assert_eq!(fired.recv_timeout(DEADLINE).unwrap(), ("pending", true));
+    assert!(log.next_offset() >= appended.next, "visible when it ran");
+
+    // A failed fsync: the waiting callback gets the error, and so does
+    // one registered afterwards.
+    fs.set_faults(Faults {
+        sync: true,
+        ..Faults::default()
+    });
+    let appended = log.append_batch_nowait(&[b"lost"]).unwrap();
+    log.on_durable(appended.next, callback("failed"));
+    assert_eq!(fired.recv_timeout(DEADLINE).unwrap(), ("failed", false));
+    log.on_durable(appended.next, callback("late"));
+    assert_eq!(fired.try_recv().unwrap(), ("late", false));
+}

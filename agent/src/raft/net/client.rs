@@ -29,6 +29,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Code, Status};
+use tracing::Instrument;
 
 use super::delta::{self, Layout};
 use super::{MAX_MESSAGE_BYTES, RAFT_RPC};
@@ -200,6 +201,32 @@ where
     }
 }
 
+/// What a client is told when a forwarded append fails. The leader's own
+/// answers (PERMISSION_DENIED, RESOURCE_EXHAUSTED, ...) pass unchanged. A
+/// call that ran out of time on the way (tonic answers CANCELLED "Timeout
+/// expired" once the grpc-timeout passes) or never reached the leader is
+/// UNAVAILABLE, the code that tells a client to retry, naming the leader
+/// that was tried.
+fn forward_failure(status: Status, leader: &str) -> Status {
+    use std::error::Error as _;
+    let transport = status.source().is_some()
+        && matches!(
+            status.code(),
+            Code::Unknown | Code::Unavailable | Code::Internal
+        );
+    match status.code() {
+        Code::Cancelled | Code::DeadlineExceeded => Status::unavailable(format!(
+            "the leader at {leader} did not answer in time ({}); retry",
+            status.message()
+        )),
+        _ if transport => Status::unavailable(format!(
+            "the leader at {leader} could not be reached ({}); retry",
+            status.message()
+        )),
+        _ => status,
+    }
+}
+
 /// Dials a peer: TCP, the Raft byte, TLS with the peer certificates, and
 /// the same CN check the accepting side makes.
 async fn dial(
@@ -257,7 +284,8 @@ impl Forward for PeerNetwork {
         deadline: Instant,
     ) -> Forwarded {
         let client = self.client(&member.rpc_addr);
-        Box::pin(async move {
+        let leader_addr = member.rpc_addr.clone();
+        let forward = async move {
             let Request::Append {
                 records, producer, ..
             } = request
@@ -273,21 +301,32 @@ impl Forward for PeerNetwork {
                 sequence,
             });
             request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+            // The leader's span joins this trace (W3C traceparent).
+            crate::telemetry::traces::inject(&tracing::Span::current(), request.metadata_mut());
             let answer = tokio::time::timeout_at(
                 deadline,
                 client.map_err(CommitError::Leader)?.forward(request),
             )
             .await
             .map_err(|_| {
-                CommitError::Leader(Status::unavailable("forwarding to the leader timed out"))
+                CommitError::Leader(Status::unavailable(format!(
+                    "forwarding to the leader at {leader_addr} timed out"
+                )))
             })?
-            .map_err(CommitError::Leader)?
+            .map_err(|status| CommitError::Leader(forward_failure(status, &leader_addr)))?
             .into_inner();
             Ok(Response::Appended {
                 first_offset: answer.first_offset,
                 count: answer.count,
             })
-        })
+        };
+        let span = tracing::info_span!(
+            "forward",
+            otel.name = crate::telemetry::traces::FORWARD_METHOD,
+            otel.kind = "client",
+            peer = %member.rpc_addr,
+        );
+        Box::pin(forward.instrument(span))
     }
 
     fn campaign(&self, _target: u64, member: &Member, deadline: Instant) -> Campaigned {
@@ -515,7 +554,7 @@ impl PeerClient {
                 }
                 Some(snapshot_chunk_reply::Result::StaleFile(name)) => {
                     SendCounters::add(&counters.stale, 1);
-                    tracing::info!(target = self.target, file = %name, "peer's store file is stale; sending its bytes");
+                    tracing::info!(peer = self.target, file = %name, "peer's store file is stale; sending its bytes");
                     // Dropping a file the chunk did not use would loop:
                     // then nothing is referenced any more.
                     if session.have.remove(&name).is_none() || encoded.referenced == 0 {
@@ -576,5 +615,38 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     fn backoff(&self) -> Backoff {
         let steps = std::iter::successors(Some(BACKOFF_FIRST), |d| Some((*d * 2).min(BACKOFF_MAX)));
         Backoff::new(steps)
+    }
+}
+
+#[cfg(test)]
+mod forward_failure_tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_and_transport_failures_become_unavailable_and_the_leaders_answers_pass() {
+        let timed_out = forward_failure(Status::cancelled("Timeout expired"), "10.0.0.1:8400");
+        assert_eq!(timed_out.code(), Code::Unavailable);
+        assert!(
+            timed_out.message().contains("10.0.0.1:8400") && timed_out.message().contains("retry"),
+            "{timed_out:?}"
+        );
+        let deadline = forward_failure(Status::deadline_exceeded("late"), "l:1");
+        assert_eq!(deadline.code(), Code::Unavailable);
+        let broken = Status::from_error(Box::new(std::io::Error::other("h2 protocol error")));
+        assert_eq!(
+            forward_failure(broken, "l:1").code(),
+            Code::Unavailable,
+            "a transport error is UNAVAILABLE"
+        );
+        for code in [
+            Code::PermissionDenied,
+            Code::ResourceExhausted,
+            Code::FailedPrecondition,
+            Code::InvalidArgument,
+        ] {
+            let answer = forward_failure(Status::new(code, "the leader says no"), "l:1");
+            assert_eq!(answer.code(), code);
+            assert_eq!(answer.message(), "the leader says no");
+        }
     }
 }

@@ -32,7 +32,8 @@ pub(super) fn failure_of(raft: &Raft<TypeConfig>, sm: &StateMachine) -> Option<S
         .then(|| "the data log failed a write or sync".to_string())
 }
 
-/// Watches for the node failing for good; then stops Raft (a leader steps
+/// Logs each new leader with its term, and watches for the node failing
+/// for good; then stops Raft (a leader steps
 /// down: it no longer heartbeats, so a cluster elects another) and
 /// publishes why.
 pub(super) async fn watch_failure(
@@ -42,9 +43,19 @@ pub(super) async fn watch_failure(
     stop: CancellationToken,
 ) {
     let mut metrics = raft.metrics();
+    let mut known = (0, None);
     let why = loop {
         if let Some(why) = failure_of(&raft, &sm) {
             break why;
+        }
+        // openraft's own election lines are below the default filter.
+        let now = {
+            let m = metrics.borrow();
+            (m.current_term, m.current_leader)
+        };
+        if now.1.is_some() && now != known {
+            info!(term = now.0, leader = now.1, "leader known");
+            known = now;
         }
         tokio::select! {
             _ = stop.cancelled() => return,

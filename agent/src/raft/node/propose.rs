@@ -2,6 +2,7 @@
 //! flight, with a deadline on every produce and byte bounds on the queue
 //! and on each entry.
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use openraft::Raft;
@@ -99,6 +100,105 @@ pub(super) async fn wait_leader(
 /// 64 requests in flight.
 pub(super) const MAX_IN_FLIGHT: usize = 4;
 
+/// What the propose loop shares with the appends that skip it.
+///
+/// When nothing is queued or being submitted, an append submits its own
+/// entry from the caller's task ([`Lane::try_direct`]): two task
+/// hand-offs fewer (to the loop, and to the task awaiting the commit),
+/// which is most of what one request in flight waits for besides the
+/// fsync. It takes an entry slot like the loop does, and the gate, so the
+/// in-flight bound and leadership transfers hold for it too. The loop
+/// counts each request from the moment it is queued until its entry is
+/// submitted (`pending`); a direct submit needs that count at zero, so it
+/// never overtakes a request queued before it: a ProduceStream, which
+/// sends its next request only once the previous one is ordered, keeps
+/// its order whichever way each request goes.
+pub(super) struct Lane {
+    /// Entry slots, [`MAX_IN_FLIGHT`] of them.
+    slots: Arc<Semaphore>,
+    /// Requests queued or being submitted by the loop.
+    pending: AtomicUsize,
+    /// Taken shared to submit; a leadership transfer holds it exclusively.
+    pub(super) gate: Arc<RwLock<()>>,
+    /// Entries submitted directly (the tests look).
+    direct: AtomicU64,
+}
+
+impl Lane {
+    pub(super) fn new() -> Lane {
+        Lane {
+            slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            pending: AtomicUsize::new(0),
+            gate: Arc::new(RwLock::new(())),
+            direct: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts a request about to be queued.
+    pub(super) fn queued(&self) {
+        self.pending.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Uncounts `n` requests: submitted, failed, dropped, or never queued.
+    pub(super) fn left(&self, n: usize) {
+        self.pending.fetch_sub(n, Ordering::SeqCst);
+    }
+
+    /// Entries submitted without the loop so far.
+    #[cfg(test)]
+    pub(super) fn direct_entries(&self) -> u64 {
+        self.direct.load(Ordering::Relaxed)
+    }
+
+    /// Submits `request` (an append) as an entry of its own from the
+    /// caller's task, when nothing is queued or being submitted, a slot is
+    /// free and no transfer holds the gate; `Err(request)` otherwise (the
+    /// caller queues it). The entry's future resolves once it is applied,
+    /// and holds the slot until then.
+    pub(super) async fn try_direct(
+        &self,
+        raft: &Raft<TypeConfig>,
+        request: Request,
+        deadline: Instant,
+    ) -> Result<Result<Committed, CommitError>, Request> {
+        if self.pending.load(Ordering::SeqCst) != 0 {
+            return Err(request);
+        }
+        let Ok(slot) = Arc::clone(&self.slots).try_acquire_many_owned(entry_weight(raft)) else {
+            return Err(request);
+        };
+        let Ok(open) = Arc::clone(&self.gate).try_read_owned() else {
+            return Err(request);
+        };
+        self.direct.fetch_add(1, Ordering::Relaxed);
+        let mut request = request;
+        if let Request::Append { at_ms, .. } = &mut request {
+            *at_ms = now_ms();
+        }
+        let submit = raft.client_write_ff(Request::Batch(vec![request]));
+        let committed = match tokio::time::timeout_at(deadline, submit).await {
+            Err(_) => return Ok(Err(timed_out())),
+            Ok(Err(e)) => return Ok(Err(CommitError::Unavailable(e.to_string()))),
+            Ok(Ok(committed)) => committed,
+        };
+        drop(open);
+        Ok(Ok(Box::pin(async move {
+            let written = applied(committed, deadline).await;
+            drop(slot);
+            match written? {
+                Response::Batch(mut answers) if answers.len() == 1 => Ok(answers.remove(0)),
+                other => Err(CommitError::Unavailable(format!(
+                    "unexpected reply {other:?}"
+                ))),
+            }
+        })))
+    }
+}
+
+/// The commit of a directly submitted entry: its request's answer.
+pub(super) type Committed =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, CommitError>> + Send>>;
+
 /// Slots (of [`MAX_IN_FLIGHT`]) the next entry takes: one in a cluster of
 /// several voters, all of them with a single voter (one entry in flight).
 fn entry_weight(raft: &Raft<TypeConfig>) -> u32 {
@@ -126,28 +226,19 @@ fn entry_weight(raft: &Raft<TypeConfig>) -> u32 {
 /// the log's. The entry is stamped with this (the leader's) clock. An
 /// entry gives up at the latest deadline of its requests (a leader cut off
 /// from its quorum never answers); requests whose caller already gave up
-/// are not proposed. Submitting takes `gate` shared: a leadership transfer
-/// holds it exclusively, so nothing new is proposed meanwhile (requests
-/// wait, up to their deadline).
+/// are not proposed. Submitting takes the lane's gate shared: a leadership
+/// transfer holds it exclusively, so nothing new is proposed meanwhile
+/// (requests wait, up to their deadline). Slots are shared with the
+/// appends that skip the queue when it is idle (see [`Lane`]).
 pub(super) async fn propose_loop(
     raft: Raft<TypeConfig>,
     id: u64,
     mut queue: mpsc::Receiver<Pending>,
-    gate: Arc<RwLock<()>>,
+    lane: Arc<Lane>,
     stop: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut carry: Option<Pending> = None;
     loop {
-        // A free slot first: requests arriving while every slot is taken
-        // wait in the queue and make the next entry.
-        let slot = tokio::select! {
-            _ = stop.cancelled() => return,
-            slot = Arc::clone(&slots).acquire_many_owned(entry_weight(&raft)) => match slot {
-                Ok(slot) => slot,
-                Err(_) => return,
-            },
-        };
         let first = match carry.take() {
             Some(first) => first,
             None => tokio::select! {
@@ -156,6 +247,15 @@ pub(super) async fn propose_loop(
                     Some(first) => first,
                     None => return,
                 },
+            },
+        };
+        // Then a free slot: requests arriving while every slot is taken
+        // wait in the queue and join this entry.
+        let slot = tokio::select! {
+            _ = stop.cancelled() => return,
+            slot = Arc::clone(&lane.slots).acquire_many_owned(entry_weight(&raft)) => match slot {
+                Ok(slot) => slot,
+                Err(_) => return,
             },
         };
         let mut bytes = first.bytes;
@@ -175,8 +275,10 @@ pub(super) async fn propose_loop(
                 Err(_) => break,
             }
         }
+        let taken = batch.len();
         batch.retain(|p| !p.reply.is_closed());
         let Some(deadline) = batch.iter().map(|p| p.deadline).max() else {
+            lane.left(taken);
             continue;
         };
         let at_ms = now_ms();
@@ -191,7 +293,7 @@ pub(super) async fn propose_loop(
             replies.push(pending.reply);
         }
         let submit = async {
-            let _open = gate.read().await;
+            let _open = lane.gate.read().await;
             let (leader, member) = wait_leader(&raft, deadline).await?;
             if leader != id {
                 return Err(CommitError::Unavailable(format!(
@@ -208,6 +310,8 @@ pub(super) async fn propose_loop(
                 submitted.unwrap_or_else(|_| Err(timed_out()))
             }
         };
+        // Ordered (or failed): no longer ahead of a direct submit.
+        lane.left(taken);
         let committed = match submitted {
             Ok(committed) => committed,
             Err(e) => {
@@ -219,17 +323,28 @@ pub(super) async fn propose_loop(
         tokio::spawn(async move {
             let written = tokio::select! {
                 _ = stop.cancelled() => Err(shutting_down()),
-                written = tokio::time::timeout_at(deadline, committed) => match written {
-                    Err(_) => Err(timed_out()),
-                    Ok(Err(_)) => Err(stopped()),
-                    Ok(Ok(written)) => written
-                        .map(|w| w.data)
-                        .map_err(|e| CommitError::Unavailable(e.to_string())),
-                },
+                written = applied(committed, deadline) => written,
             };
             answer(written, replies);
             drop(slot);
         });
+    }
+}
+
+/// Waits, until `deadline`, for a submitted entry to be applied
+/// (`committed` is what `client_write_ff` returned); its answer.
+async fn applied<E: std::fmt::Display, X>(
+    committed: impl std::future::Future<
+        Output = Result<Result<openraft::raft::ClientWriteResponse<TypeConfig>, E>, X>,
+    >,
+    deadline: Instant,
+) -> Result<Response, CommitError> {
+    match tokio::time::timeout_at(deadline, committed).await {
+        Err(_) => Err(timed_out()),
+        Ok(Err(_)) => Err(stopped()),
+        Ok(Ok(written)) => written
+            .map(|w| w.data)
+            .map_err(|e| CommitError::Unavailable(e.to_string())),
     }
 }
 

@@ -415,3 +415,35 @@ pub(super) async fn read_range(node: &RaftNode, from: u64, to: u64) -> Vec<Vec<u
     records.truncate((to - from) as usize);
     records
 }
+
+/// A producer named `name` appending `"{name}-{sequence}"` for each
+/// sequence of `sequences` through `via`, retrying a failed request with
+/// the same sequence until it is acknowledged; resolves to (offset, record)
+/// per sequence.
+pub(super) fn retrying_producer(
+    via: RaftNode,
+    name: String,
+    sequences: std::ops::Range<u64>,
+) -> tokio::task::JoinHandle<Vec<(u64, Vec<u8>)>> {
+    tokio::spawn(async move {
+        let mut acked = Vec::new();
+        for sequence in sequences {
+            let record = format!("{name}-{sequence}").into_bytes();
+            let producer = Some((name.clone(), sequence));
+            loop {
+                let tried = async {
+                    via.append(vec![record.clone()], producer.clone())
+                        .await?
+                        .await
+                };
+                match tried.await {
+                    Ok((first, 1)) => break acked.push((first, record)),
+                    Ok(other) => panic!("{other:?}"),
+                    // Retry backoff, not synchronisation.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        }
+        acked
+    })
+}

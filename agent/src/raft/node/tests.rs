@@ -94,6 +94,16 @@ async fn a_leader_cut_off_from_its_quorum_answers_unavailable_and_keeps_answerin
         let voters = ChangeMembers::AddVoterIds(BTreeSet::from([2]));
         let _ = raft.change_membership(voters, false).await;
     });
+    // Once the joint configuration is in the log (an idle leader submits a
+    // produce at once, so it could otherwise still commit alone).
+    node.raft
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(
+            |m| m.membership_config.membership().voter_ids().any(|v| v == 2),
+            "the joint configuration",
+        )
+        .await
+        .unwrap();
     for _ in 0..3 {
         assert_unavailable_by_deadline(&node).await;
     }
@@ -317,4 +327,62 @@ fn bytes_since_a_mark_count_later_segments_and_survive_retention() {
     let retained = [seg(20, 70)];
     assert_eq!(bytes_since(&retained, mark), 30);
     assert_eq!(bytes_since(&[], mark), 0);
+}
+
+/// A read outside the records held names its side and the bounds; a read
+/// past the end before the node replayed its Raft log stays UNAVAILABLE,
+/// while one below the lowest offset is OUT_OF_RANGE either way.
+#[tokio::test]
+async fn reads_outside_the_range_say_which_side_and_replay_stays_unavailable() {
+    use crate::raft::tests::entry;
+    use openraft::storage::RaftStateMachine;
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = StateMachine::open(dir.path(), LogConfig::default()).unwrap();
+    let append = |n: u64| {
+        EntryPayload::Normal(Request::Append {
+            records: (0..n).map(|i| vec![i as u8]).collect(),
+            producer: None,
+            at_ms: 1,
+        })
+    };
+    sm.apply(vec![
+        entry(1, append(10)),
+        entry(2, EntryPayload::Normal(Request::Retain { lowest: 4 })),
+    ])
+    .await
+    .unwrap();
+    let caught_up = AtomicBool::new(true);
+    let range = |r: Result<Vec<Vec<u8>>, CommitError>| match r {
+        Err(e @ CommitError::OutOfRange { .. }) => {
+            let CommitError::OutOfRange { lowest, next, .. } = e else {
+                unreachable!()
+            };
+            (e.to_string(), lowest, next)
+        }
+        other => panic!("expected OutOfRange, got {other:?}"),
+    };
+    assert_eq!(
+        range(read_applied(&sm, &caught_up, 3, 1)),
+        (
+            "offset 3 was removed by retention: the log starts at offset 4".into(),
+            4,
+            10
+        )
+    );
+    assert_eq!(
+        range(read_applied(&sm, &caught_up, 10, 1)),
+        (
+            "offset 10 is past the end of the log (next offset 10)".into(),
+            4,
+            10
+        )
+    );
+    assert_eq!(read_applied(&sm, &caught_up, 4, 2).unwrap(), [[4], [5]]);
+    // Replaying after a restart: past the end is not known to be the end.
+    caught_up.store(false, Ordering::Release);
+    assert!(matches!(
+        read_applied(&sm, &caught_up, 10, 1),
+        Err(CommitError::Unavailable(_))
+    ));
+    assert_eq!(range(read_applied(&sm, &caught_up, 0, 1)).1, 4);
 }

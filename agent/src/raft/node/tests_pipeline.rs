@@ -147,6 +147,43 @@ async fn one_node_answers_many_concurrent_producers_with_their_own_dense_offsets
 }
 
 #[tokio::test]
+async fn an_idle_leader_submits_from_the_callers_task_and_a_closed_gate_queues() {
+    let cluster = Cluster::start(1, generous).await;
+    let node = cluster.nodes[&1].clone();
+    let before = node.lane.direct_entries();
+    let one = |value: &str| node.append(vec![value.as_bytes().to_vec()], None);
+    assert_eq!(one("a").await.unwrap().await.unwrap(), (0, 1));
+    assert_eq!(
+        node.lane.direct_entries(),
+        before + 1,
+        "idle: submitted directly"
+    );
+
+    // A transfer holds the gate: the append waits in the queue, is ordered
+    // there, and is answered once the gate opens.
+    let closed = Arc::clone(&node.lane.gate).write_owned().await;
+    let ordered = tokio::time::timeout(WAIT, one("b"))
+        .await
+        .expect("queued in time")
+        .unwrap();
+    let durable = tokio::spawn(ordered);
+    // And while it is queued, another append queues behind it rather than
+    // overtake it.
+    let behind = tokio::spawn(
+        tokio::time::timeout(WAIT, one("c"))
+            .await
+            .expect("queued in time")
+            .unwrap(),
+    );
+    drop(closed);
+    assert_eq!(durable.await.unwrap().unwrap(), (1, 1));
+    assert_eq!(behind.await.unwrap().unwrap(), (2, 1));
+    assert_eq!(node.lane.direct_entries(), before + 1);
+    assert_eq!(read_range(&node, 0, 3).await, [&b"a"[..], b"b", b"c"]);
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
 async fn three_nodes_answer_concurrent_producers_on_the_leader_and_through_followers_alike() {
     let cluster = Cluster::start(3, generous).await;
     let leader = cluster.leader_node();

@@ -70,7 +70,7 @@ impl RaftNode {
         // paused: a slow or unreachable target does not stall produces for
         // the whole timeout.
         self.wait_caught_up(target, CLOSE_ENOUGH, deadline).await?;
-        let _paused = tokio::time::timeout_at(deadline, self.propose_gate.write())
+        let _paused = tokio::time::timeout_at(deadline, self.lane.gate.write())
             .await
             .map_err(|_| MembershipError::Timeout("pausing proposals".into()))?;
         let paused_until = deadline.min(Instant::now() + PAUSED_CATCH_UP);

@@ -1,0 +1,140 @@
+//! Limits of the RPC port against floods and slow or silent clients: how
+//! many connections may be open at once, how long a new one may stay
+//! silent or take over its handshake, and the HTTP/2 and in-flight call
+//! limits the gRPC servers apply per connection.
+//!
+//! A connection holds a [`Permit`] of the connection semaphore for its
+//! whole life (from accept to close, handshake included), carried by the
+//! [`Conn`] wrapper that tonic serves, so a closed connection frees its
+//! place whichever side closed it.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::transport::server::Connected;
+
+/// The RPC port's connection limits (config keys `max_connections`,
+/// `max_concurrent_streams`, `max_in_flight_per_connection`,
+/// `first_byte_timeout`, `handshake_timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// TCP connections open at once, handshakes included; one more is
+    /// closed as soon as it is accepted.
+    pub max_connections: usize,
+    /// HTTP/2 streams open at once per connection (announced in SETTINGS).
+    pub max_concurrent_streams: u32,
+    /// Calls in progress at once per connection; one more is refused with
+    /// RESOURCE_EXHAUSTED (tonic's concurrency limit with load shedding).
+    pub max_in_flight_per_connection: usize,
+    /// How long a new connection may stay silent before its first byte.
+    pub first_byte_timeout: Duration,
+    /// How long from accept to a finished TLS handshake.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 4096,
+            max_concurrent_streams: 1024,
+            max_in_flight_per_connection: 1024,
+            first_byte_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Limits {
+    /// A semaphore with one permit per allowed connection.
+    pub(crate) fn connection_slots(&self) -> Arc<Semaphore> {
+        Arc::new(Semaphore::new(
+            self.max_connections.min(Semaphore::MAX_PERMITS),
+        ))
+    }
+}
+
+/// A connection's place under `max_connections`, released on drop.
+#[derive(Debug)]
+pub struct Permit(#[allow(dead_code)] OwnedSemaphorePermit);
+
+impl Permit {
+    /// Takes a place if one is free.
+    pub(crate) fn try_take(slots: &Arc<Semaphore>) -> Option<Permit> {
+        Arc::clone(slots).try_acquire_owned().ok().map(Permit)
+    }
+}
+
+/// A served connection that holds its [`Permit`] until it is dropped.
+#[derive(Debug)]
+pub struct Conn<Io> {
+    io: Io,
+    _permit: Permit,
+}
+
+impl<Io> Conn<Io> {
+    /// Wraps `io`, which keeps `permit` for its life.
+    pub(crate) fn new(io: Io, permit: Permit) -> Conn<Io> {
+        Conn {
+            io,
+            _permit: permit,
+        }
+    }
+
+    /// The wrapped connection.
+    pub fn get_ref(&self) -> &Io {
+        &self.io
+    }
+}
+
+impl<Io: AsyncRead + Unpin> AsyncRead for Conn<Io> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<Io: AsyncWrite + Unpin> AsyncWrite for Conn<Io> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+impl<Io: Connected> Connected for Conn<Io> {
+    type ConnectInfo = Io::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
