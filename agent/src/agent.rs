@@ -212,6 +212,7 @@ impl Agent {
             produce_timeout: config.produce_timeout().expect("validated"),
             max_producers: config.max_producers,
             max_in_snapshot_log_to_keep: crate::raft::node::MAX_IN_SNAPSHOT_LOG_TO_KEEP,
+            hop_observer: metrics.as_ref().map(Metrics::hop_observer),
         };
         // Dev mode is one node: no peer TLS, so no network.
         let network = peer_tls.clone().map(PeerNetwork::new);

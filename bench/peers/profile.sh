@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Where a produce's time and CPU go on one proglog node (mutual TLS + ACL, as in
 # peers.sh), under `proglog bench produce` at IN_FLIGHT calls in flight:
+#   0. the agent's own hop histogram (proglog_raft_hop_duration_seconds, scraped
+#      before and after the perf run): the mean time per entry in each hop;
 #   1. perf stat on the agent: CPU time and context switches per record;
 #   2. perf record on the agent (flat, by thread and by symbol): where that CPU goes;
 #   3. strace -c on the agent (a separate run: strace slows it): syscalls per record.
-# Usage: bash bench/peers/profile.sh   (from anywhere; needs perf, strace, openssl and
+# Usage: bash bench/peers/profile.sh   (from anywhere; needs perf, strace, openssl, curl and
 #        target/release/proglog: `cargo build --release`)
 # Env:   IN_FLIGHT=1  DUR=10 (s per run)  SIZE=100  OUT=/tmp/proglog-profile
 #        DATA=/tmp/proglog-profile/data  PROGLOG_BIN=<repo>/target/release/proglog
-# The agent listens on 127.0.0.1:18401 (gRPC) and 127.0.0.1:17401 (gossip) and is
+# The agent listens on 127.0.0.1:18401 (gRPC), 127.0.0.1:17401 (gossip) and
+# 127.0.0.1:19401 (metrics) and is
 # killed by PID on exit.
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -17,8 +20,8 @@ IN_FLIGHT=${IN_FLIGHT:-1}; DUR=${DUR:-10}; SIZE=${SIZE:-100}
 OUT=${OUT:-/tmp/proglog-profile}; DATA=${DATA:-$OUT/data}
 PROGLOG_BIN=${PROGLOG_BIN:-$REPO/target/release/proglog}
 . "$HERE/tls.sh"
-for tool in perf strace openssl; do
-  command -v "$tool" >/dev/null || { echo "profile.sh needs $tool (apt-get install -y linux-perf strace openssl)" >&2; exit 1; }
+for tool in perf strace openssl curl; do
+  command -v "$tool" >/dev/null || { echo "profile.sh needs $tool (apt-get install -y linux-perf strace openssl curl)" >&2; exit 1; }
 done
 [ -x "$PROGLOG_BIN" ] || { echo "no $PROGLOG_BIN: run \`cargo build --release\` in $REPO" >&2; exit 1; }
 
@@ -31,6 +34,7 @@ cli=(--addr 127.0.0.1:18401 --tls-ca-file "$t/ca.pem" --tls-cert-file "$t/root-c
   --server-tls-ca-file "$t/ca.pem" --peer-tls-cert-file "$t/server.pem" \
   --peer-tls-key-file "$t/server-key.pem" --peer-tls-ca-file "$t/ca.pem" \
   --acl-model-file "$t/model.conf" --acl-policy-file "$t/policy.csv" --log-level warn \
+  --metrics-addr 127.0.0.1:19401 \
   > "$OUT/agent.log" 2>&1 &
 AGENT=$!
 trap 'kill $AGENT 2>/dev/null; wait $AGENT 2>/dev/null' EXIT
@@ -48,6 +52,10 @@ field() { sed -n "s/.*\"$2\":\([0-9.]*\).*/\1/p" "$1" | head -1; } # json file, 
 # The tools watch the middle of the run (1 s after its start, DUR-2 s long).
 watch=$((DUR - 2))
 
+hops() { # file: the hop histogram's sums and counts, now
+  curl -sf http://127.0.0.1:19401/metrics | grep '^proglog_raft_hop_duration_seconds_\(sum\|count\)' > "$1"
+}
+hops "$OUT/hops-before.txt"
 bench "$OUT/bench-perf.json" &
 B=$!
 sleep 1
@@ -55,6 +63,7 @@ perf stat -e task-clock,context-switches,cpu-migrations -p $AGENT -o "$OUT/perf-
 P=$!
 perf record -F 999 -p $AGENT -o "$OUT/perf.data" -- sleep $watch > /dev/null 2>&1
 wait $P $B
+hops "$OUT/hops-after.txt"
 bench "$OUT/bench-strace.json" &
 B=$!
 sleep 1
@@ -75,6 +84,14 @@ echo "== IN_FLIGHT=$IN_FLIGHT SIZE=$SIZE, $DUR s runs; perf run: $(field "$j" re
 awk -v rate="$rate" -v w="$watch" '
   /task-clock/ { ms=$1; gsub(",","",ms); printf "agent CPU: %.0f us per record (%.2f cores)\n", ms*1000/(rate*w), ms/1000/w }
   /context-switches/ { c=$1; gsub(",","",c); printf "agent context switches: %.1f per record\n", c/(rate*w) }' "$OUT/perf-stat.txt"
+echo "== mean time per entry in each hop (the agent's hop histogram, perf run)"
+awk '{ split($1, a, "\""); kind = ($1 ~ /_sum/) ? "sum" : "count"
+       if (FILENAME == ARGV[1]) before[a[2] kind] = $2; else { after[a[2] kind] = $2; if (kind == "sum") order[++n] = a[2] } }
+     END { total = 0
+           for (i = 1; i <= n; i++) { h = order[i]; c = after[h "count"] - before[h "count"]
+             if (c > 0) { us = (after[h "sum"] - before[h "sum"]) * 1e6 / c; total += us
+               printf "  %-14s %8.1f us  (%d entries)\n", h, us, c } }
+           printf "  %-14s %8.1f us\n", "all hops", total }' "$OUT/hops-before.txt" "$OUT/hops-after.txt"
 j="$OUT/bench-strace.json"; srate=$(field "$j" records_per_sec)
 echo "== syscalls per record (strace run: $(printf %.0f "$srate") rec/s, slowed by strace)"
 awk -v r="$srate" -v w="$watch" '$1 ~ /^[0-9.]+$/ && NF >= 5 { printf "  %-16s %6.2f\n", $NF, $4/(r*w) }' "$OUT/strace.txt" \

@@ -89,6 +89,29 @@ fn a_scrape_counts_produces_denials_and_fsyncs_and_promtool_accepts_it() {
     );
     let fsyncs = sample(&text, "proglog_wal_fsync_duration_seconds_count", &[]);
     assert!(fsyncs.unwrap_or(0.0) > 0.0, "no fsync recorded:\n{text}");
+    // The produces' entries, hop by hop; the sync hop waited for an fsync.
+    for hop in [
+        "submit",
+        "write",
+        "sync",
+        "commit",
+        "apply_handoff",
+        "apply",
+        "answer",
+    ] {
+        let entries = sample(
+            &text,
+            "proglog_raft_hop_duration_seconds_count",
+            &[("hop", hop)],
+        );
+        assert!(entries.unwrap_or(0.0) >= 1.0, "no {hop} hop:\n{text}");
+    }
+    let synced = sample(
+        &text,
+        "proglog_raft_hop_duration_seconds_sum",
+        &[("hop", "sync")],
+    );
+    assert!(synced.unwrap_or(0.0) > 0.0, "{text}");
     assert_eq!(sample(&text, "proglog_raft_is_leader", &[]), Some(1.0));
     assert!(sample(&text, "proglog_raft_term", &[]).unwrap_or(0.0) >= 1.0);
     let data_records = sample(&text, "proglog_wal_records", &[("log", "data")]);

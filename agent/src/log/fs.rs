@@ -45,6 +45,33 @@ pub trait FileSystem: Send + Sync + Debug {
     fn modified(&self, path: &Path) -> Option<SystemTime>;
 }
 
+/// Replaces the file at `path` with `bytes`, durably: a temporary file
+/// beside it, written and synced, renamed over it, the directory synced.
+/// A crash at any point leaves the old contents or the new, whole.
+pub fn replace_durably(fs: &dyn FileSystem, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    if fs.exists(&tmp) {
+        fs.remove(&tmp)?;
+    }
+    let file = fs.create(&tmp)?;
+    file.write_all_at(bytes, 0)?;
+    file.sync_data()?;
+    drop(file);
+    fs.rename(&tmp, path)?;
+    fs.sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// The whole contents of the file at `path`; `None` if there is none.
+pub fn read_whole(fs: &dyn FileSystem, path: &Path) -> io::Result<Option<Vec<u8>>> {
+    if !fs.exists(path) {
+        return Ok(None);
+    }
+    let file = fs.open(path)?;
+    let mut bytes = vec![0; file.size()? as usize];
+    file.read_exact_at(&mut bytes, 0)?;
+    Ok(Some(bytes))
+}
+
 /// An open file.
 pub trait FileHandle: Send + Sync + Debug {
     /// Fills `buf` from position `pos`; fails at the end of the file.

@@ -11,8 +11,10 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, RaftLogReader};
 use serde::{Deserialize, Serialize};
 
+use super::hops::{HopClock, Stage};
 use super::recent::RecentEntries;
 use super::{codec, io_error, Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::log::fs::{read_whole, replace_durably, FileSystem};
 use crate::log::{Log, LogConfig, LogError, SyncPolicy};
 
 /// What the Raft log keeps beside its entries. Written durably whenever
@@ -31,12 +33,17 @@ struct Meta {
 #[derive(Debug, Clone)]
 pub struct LogStore {
     log: Arc<Log>,
+    /// Where the metadata file lives (the WAL's file system: the real
+    /// disk, or a simulated one that power-loss tests cut).
+    fs: Arc<dyn FileSystem>,
     meta_path: PathBuf,
     meta: Arc<Mutex<Meta>>,
     /// Entries count as flushed once written (`--sync interval|never`).
     ack_on_write: bool,
     /// The entries appended last, for openraft's read-back before apply.
     recent: Arc<Mutex<RecentEntries>>,
+    /// Stamps the append, write and flush of each entry.
+    hops: Arc<HopClock>,
 }
 
 const META_FILE: &str = "raft-meta.json";
@@ -48,6 +55,7 @@ impl LogStore {
     /// otherwise once it is written, which a power loss can take back.
     pub fn open(dir: &Path, config: LogConfig) -> Result<LogStore, LogError> {
         let ack_on_write = config.sync != SyncPolicy::Always;
+        let fs = Arc::clone(&config.fs);
         let log = Log::open(
             dir.join("entries"),
             LogConfig {
@@ -56,13 +64,13 @@ impl LogStore {
             },
         )?;
         let meta_path = dir.join(META_FILE);
-        let meta = match std::fs::read(&meta_path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|_| LogError::Corrupt {
+        let meta = match read_whole(&*fs, &meta_path) {
+            Ok(Some(bytes)) => serde_json::from_slice(&bytes).map_err(|_| LogError::Corrupt {
                 segment: meta_path.clone(),
                 position: 0,
                 reason: "unreadable raft metadata",
             })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Meta::default(),
+            Ok(None) => Meta::default(),
             Err(source) => {
                 return Err(LogError::Io {
                     path: meta_path,
@@ -72,18 +80,28 @@ impl LogStore {
         };
         Ok(LogStore {
             log: Arc::new(log),
+            fs,
             meta_path,
             meta: Arc::new(Mutex::new(meta)),
             ack_on_write,
             recent: Arc::default(),
+            hops: HopClock::off(),
         })
+    }
+
+    /// Stamps each entry's append, write and flush on `clock`.
+    pub fn timed(self, clock: Arc<HopClock>) -> LogStore {
+        LogStore {
+            hops: clock,
+            ..self
+        }
     }
 
     /// Writes the metadata (with the latest committed id) and closes the
     /// log.
     pub fn close(&self) -> Result<(), LogError> {
         let bytes = serde_json::to_vec(&self.meta()).expect("metadata serializes");
-        write_durably(&self.meta_path, &bytes).map_err(|source| LogError::Io {
+        replace_durably(&*self.fs, &self.meta_path, &bytes).map_err(|source| LogError::Io {
             path: self.meta_path.clone(),
             source,
         })?;
@@ -99,9 +117,9 @@ impl LogStore {
     async fn update_meta(&self, change: impl FnOnce(&mut Meta)) -> std::io::Result<()> {
         let mut meta = self.meta();
         change(&mut meta);
-        let path = self.meta_path.clone();
+        let (fs, path) = (Arc::clone(&self.fs), self.meta_path.clone());
         let bytes = serde_json::to_vec(&meta).expect("metadata serializes");
-        tokio::task::spawn_blocking(move || write_durably(&path, &bytes))
+        tokio::task::spawn_blocking(move || replace_durably(&*fs, &path, &bytes))
             .await
             .map_err(std::io::Error::other)??;
         *self.meta.lock().unwrap_or_else(|e| e.into_inner()) = meta;
@@ -163,18 +181,6 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| io_error(ErrorSubject::Logs, verb, std::io::Error::other(e)))?
-}
-
-/// Writes `bytes` to `path` atomically and durably.
-pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::File::open(dir)?.sync_all()
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -295,6 +301,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             return Ok(());
         };
         let first_index = first.get_log_id().index;
+        let indexes = first_index..first_index + entries.len() as u64;
+        self.hops.stamp(indexes.clone(), Stage::Append);
         tracing::Span::current()
             .record("entries", entries.len())
             .record("first_index", first_index);
@@ -333,14 +341,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         })
         .await?;
         self.recent().push(entries);
+        self.hops.stamp(indexes.clone(), Stage::Written);
         if self.ack_on_write {
+            self.hops.stamp(indexes, Stage::Flushed);
             callback.log_io_completed(Ok(()));
             return Ok(());
         }
         // The flush callback fires when a sync covers these entries (one
         // fsync serves every append that arrived meanwhile), from the
         // syncer's thread: no task hop between the fsync and openraft.
+        let hops = Arc::clone(&self.hops);
         self.log.on_durable(appended.next, move |flushed| {
+            hops.stamp(indexes, Stage::Flushed);
             callback.log_io_completed(flushed.map_err(std::io::Error::other));
         });
         Ok(())

@@ -31,6 +31,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod codec;
+pub mod hops;
 pub mod log_store;
 pub mod net;
 pub mod node;

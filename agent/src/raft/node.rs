@@ -46,7 +46,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use super::hops::{HopClock, HopObserver};
 use super::{LogStore, Member, Request, Response, StateMachine, TypeConfig};
+use crate::log::fs::{replace_durably, RealFs};
 use crate::log::{LogConfig, LogError};
 use loops::*;
 pub use membership::{ClusterStatus, MemberStatus, MembershipError, RoleWatch};
@@ -111,6 +113,9 @@ pub struct NodeSettings {
     /// data log. [`MAX_IN_SNAPSHOT_LOG_TO_KEEP`] unless tests want a
     /// snapshot install sooner.
     pub max_in_snapshot_log_to_keep: u64,
+    /// Told the hops of each entry this node proposes and answers (the
+    /// agent's hop histogram); `None`: nothing is stamped.
+    pub hop_observer: Option<Arc<dyn HopObserver>>,
 }
 
 /// The usual [`NodeSettings::max_in_snapshot_log_to_keep`]: a follower
@@ -184,8 +189,11 @@ impl RaftNode {
             sync = ?settings.log.sync,
             "starting the raft node"
         );
-        let log = LogStore::open(&settings.dir.join("raft"), settings.log.clone())?;
-        let sm = StateMachine::open(&settings.dir.join("sm"), settings.log.clone())?;
+        let hops = HopClock::new(settings.hop_observer.clone());
+        let log = LogStore::open(&settings.dir.join("raft"), settings.log.clone())?
+            .timed(Arc::clone(&hops));
+        let sm = StateMachine::open(&settings.dir.join("sm"), settings.log.clone())?
+            .timed(Arc::clone(&hops));
         let config = openraft::Config {
             cluster_name: "proglog".into(),
             heartbeat_interval: 100,
@@ -229,7 +237,7 @@ impl RaftNode {
         }
         let stop = CancellationToken::new();
         let (proposals, queue) = mpsc::channel(PROPOSAL_QUEUE);
-        let lane = Arc::new(Lane::new());
+        let lane = Arc::new(Lane::new(hops));
         tokio::spawn(propose_loop(
             raft.clone(),
             id,
@@ -337,7 +345,7 @@ impl RaftNode {
         let path = self.dir.join("cluster-id");
         let written = path.clone();
         tokio::task::spawn_blocking(move || {
-            super::log_store::write_durably(&written, cluster.to_string().as_bytes())
+            replace_durably(&RealFs, &written, cluster.to_string().as_bytes())
         })
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?
@@ -606,7 +614,7 @@ fn persisted_id(path: &Path) -> Result<u64, NodeError> {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(now_ms());
     let id = id_from_hash(h.finish());
-    super::log_store::write_durably(path, id.to_string().as_bytes()).map_err(|source| {
+    replace_durably(&RealFs, path, id.to_string().as_bytes()).map_err(|source| {
         NodeError::Identity {
             path: path.to_path_buf(),
             source,

@@ -27,6 +27,7 @@ use openraft::{
     StoredMembership,
 };
 
+use super::hops::{HopClock, Stage};
 use super::producers::Verdict;
 use super::snapshot::{AppliedState, SnapshotDir};
 use super::transfer::SnapshotData;
@@ -83,6 +84,8 @@ struct Shared {
 #[derive(Debug, Clone)]
 pub struct StateMachine {
     shared: Arc<Shared>,
+    /// Stamps the apply of each entry.
+    hops: Arc<HopClock>,
 }
 
 fn sm_error(e: impl std::error::Error + 'static) -> StorageError {
@@ -154,7 +157,16 @@ impl StateMachine {
                 snapshots,
                 snapshotting: tokio::sync::Mutex::new(false),
             }),
+            hops: HopClock::off(),
         })
+    }
+
+    /// Stamps each entry's apply on `clock`.
+    pub fn timed(self, clock: Arc<HopClock>) -> StateMachine {
+        StateMachine {
+            hops: clock,
+            ..self
+        }
     }
 
     /// Waits for a snapshot build or install in flight, refuses later ones,
@@ -490,12 +502,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        let this = self.clone();
+        let indexes = match (entries.first(), entries.last()) {
+            (Some(first), Some(last)) => first.log_id.index..last.log_id.index + 1,
+            _ => 0..0,
+        };
+        self.hops.stamp(indexes.clone(), Stage::Apply);
+        let (this, stamped) = (self.clone(), indexes.clone());
         // The data writes (and the fsync of a segment that rolls over) run
         // on a blocking thread; openraft awaits this before the next apply.
-        tokio::task::spawn_blocking(move || this.apply_blocking(entries))
-            .await
-            .map_err(|e| sm_error(std::io::Error::other(e)))?
+        let replies = tokio::task::spawn_blocking(move || {
+            this.hops.stamp(stamped.clone(), Stage::ApplyStart);
+            let replies = this.apply_blocking(entries);
+            this.hops.stamp(stamped, Stage::ApplyEnd);
+            replies
+        })
+        .await
+        .map_err(|e| sm_error(std::io::Error::other(e)))?;
+        self.hops.stamp(indexes, Stage::Applied);
+        replies
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {

@@ -302,3 +302,32 @@ async fn a_batch_entry_answers_each_request_in_order() {
     assert_eq!(sm.lowest_offset(), 2);
     assert_eq!(sm.data().read(5).unwrap(), b"f");
 }
+
+#[tokio::test]
+async fn a_saved_vote_and_purge_point_survive_a_power_cut_whole() {
+    use crate::log::fs::SimFs;
+    use openraft::storage::RaftLogStorageExt;
+    for seed in 0..16 {
+        let disk = SimFs::new();
+        let config = LogConfig {
+            fs: std::sync::Arc::new(disk.clone()),
+            ..small()
+        };
+        let dir = std::path::Path::new("/sim/raft");
+        let mut store = LogStore::open(dir, config.clone()).unwrap();
+        let entries: Vec<Entry> = (0..20).map(|i| entry(i, append(&[b"r"], None))).collect();
+        store.blocking_append(entries).await.unwrap();
+        store.save_vote(&openraft::Vote::new(2, 1)).await.unwrap();
+        store.purge(log_id(1, 4)).await.unwrap();
+        let vote = openraft::Vote::new(5, 1);
+        store.save_vote(&vote).await.unwrap();
+        // The power goes: no close, nothing written after the last save.
+        disk.crash(seed);
+        drop(store);
+        let mut store = LogStore::open(dir, config).unwrap();
+        assert_eq!(store.read_vote().await.unwrap(), Some(vote), "seed {seed}");
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(1, 4)), "seed {seed}");
+        assert_eq!(state.last_log_id, Some(log_id(1, 19)), "seed {seed}");
+    }
+}

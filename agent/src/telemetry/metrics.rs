@@ -9,6 +9,9 @@
 //!   latency, in flight, per service and method.
 //! - WAL fsync latency: the syncer thread, through the log's
 //!   [`SyncObserver`] hook (one histogram record per round).
+//! - Raft hops of each entry this node proposes (submit, write, sync,
+//!   commit, apply hand-off, apply, answer): the proposer, through the
+//!   node's [`HopObserver`] hook, once the entry is answered.
 //! - Raft, WAL size, gossip membership, data-dir disk free, open fds and
 //!   RSS: observable gauges evaluated at scrape time. Scrapes run on a
 //!   blocking thread ([`Metrics::render`]), since some callbacks stat
@@ -32,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::discovery::{GossipStatus, Membership};
 use crate::log::SyncObserver;
+use crate::raft::hops::{HopObserver, HOPS};
 use crate::raft::node::WalStats;
 use crate::raft::RaftNode;
 pub use grpc::{GrpcLayer, GrpcService, MeteredBody, MeteredFuture};
@@ -43,6 +47,13 @@ const RPC_BUCKETS: [f64; 14] = [
 /// Bucket bounds (seconds) of the fsync histogram: 50 µs to 1 s.
 const FSYNC_BUCKETS: [f64; 13] = [
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+/// Bucket bounds (seconds) of the Raft hop histogram: 5 µs to 1 s (a
+/// hand-off between threads is microseconds; a commit across peers is
+/// milliseconds).
+const HOP_BUCKETS: [f64; 16] = [
+    0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+    0.025, 0.05, 0.1, 0.25, 1.0,
 ];
 /// How often gossip membership is recounted when no member event came.
 const MEMBERS_REFRESH: Duration = Duration::from_secs(5);
@@ -81,6 +92,7 @@ struct Inner {
     meter: Meter,
     grpc: Arc<grpc::GrpcMetrics>,
     fsync: Histogram<f64>,
+    hops: Histogram<f64>,
     /// Gossip members by status (see [`STATUSES`]), refreshed by
     /// [`Metrics::watch_membership`].
     members: Arc<Mutex<Option<[u64; 5]>>>,
@@ -114,6 +126,14 @@ impl Metrics {
             .with_description("Duration of each group-commit fdatasync of a WAL")
             .with_boundaries(FSYNC_BUCKETS.to_vec())
             .build();
+        let hops = meter
+            .f64_histogram("proglog_raft_hop_duration_seconds")
+            .with_description(
+                "Time each entry this node proposed spent in each hop, from the hand-off to \
+                 Raft to the answer (submit, write, sync, commit, apply_handoff, apply, answer)",
+            )
+            .with_boundaries(HOP_BUCKETS.to_vec())
+            .build();
         let members: Arc<Mutex<Option<[u64; 5]>>> = Arc::default();
         let counts = Arc::clone(&members);
         meter
@@ -133,6 +153,7 @@ impl Metrics {
                 meter,
                 grpc,
                 fsync,
+                hops,
                 members,
             }),
         })
@@ -147,6 +168,15 @@ impl Metrics {
     /// `proglog_wal_fsync_duration_seconds`.
     pub fn sync_observer(&self) -> Arc<dyn SyncObserver> {
         Arc::new(FsyncRecorder(self.inner.fsync.clone()))
+    }
+
+    /// The hook that records the hops of each entry this node proposes in
+    /// `proglog_raft_hop_duration_seconds{hop}`.
+    pub fn hop_observer(&self) -> Arc<dyn HopObserver> {
+        Arc::new(HopRecorder {
+            histogram: self.inner.hops.clone(),
+            labels: HOPS.map(|hop| [KeyValue::new("hop", hop)]),
+        })
     }
 
     /// Registers the Raft and WAL gauges of `node`, read at each scrape.
@@ -258,5 +288,21 @@ struct FsyncRecorder(Histogram<f64>);
 impl SyncObserver for FsyncRecorder {
     fn synced(&self, took: Duration) {
         self.0.record(took.as_secs_f64(), &[]);
+    }
+}
+
+/// Records the hops of proposed entries (the node's [`HopObserver`]), with
+/// each hop's label built once.
+#[derive(Debug)]
+struct HopRecorder {
+    histogram: Histogram<f64>,
+    labels: [[KeyValue; 1]; HOPS.len()],
+}
+
+impl HopObserver for HopRecorder {
+    fn hops(&self, hops: &[Duration; HOPS.len()]) {
+        for (took, labels) in hops.iter().zip(&self.labels) {
+            self.histogram.record(took.as_secs_f64(), labels);
+        }
     }
 }

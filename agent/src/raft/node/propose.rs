@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, RwLock, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::super::hops::HopClock;
 use super::super::{Member, Request, Response, TypeConfig};
 use super::now_ms;
 use crate::server::CommitError;
@@ -122,15 +123,18 @@ pub(super) struct Lane {
     pub(super) gate: Arc<RwLock<()>>,
     /// Entries submitted directly (the tests look).
     direct: AtomicU64,
+    /// Reports the hops of each answered entry.
+    pub(super) hops: Arc<HopClock>,
 }
 
 impl Lane {
-    pub(super) fn new() -> Lane {
+    pub(super) fn new(hops: Arc<HopClock>) -> Lane {
         Lane {
             slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             pending: AtomicUsize::new(0),
             gate: Arc::new(RwLock::new(())),
             direct: AtomicU64::new(0),
+            hops,
         }
     }
 
@@ -175,6 +179,7 @@ impl Lane {
         if let Request::Append { at_ms, .. } = &mut request {
             *at_ms = now_ms();
         }
+        let submitted = std::time::Instant::now();
         let submit = raft.client_write_ff(Request::Batch(vec![request]));
         let committed = match tokio::time::timeout_at(deadline, submit).await {
             Err(_) => return Ok(Err(timed_out())),
@@ -182,8 +187,9 @@ impl Lane {
             Ok(Ok(committed)) => committed,
         };
         drop(open);
+        let hops = Arc::clone(&self.hops);
         Ok(Ok(Box::pin(async move {
-            let written = applied(committed, deadline).await;
+            let written = applied(committed, deadline, (&hops, submitted)).await;
             drop(slot);
             match written? {
                 Response::Batch(mut answers) if answers.len() == 1 => Ok(answers.remove(0)),
@@ -300,8 +306,10 @@ pub(super) async fn propose_loop(
                     "not the leader: {member} (node {leader}) leads"
                 )));
             }
+            let submitted = std::time::Instant::now();
             raft.client_write_ff(Request::Batch(requests))
                 .await
+                .map(|committed| (committed, submitted))
                 .map_err(|e| CommitError::Unavailable(e.to_string()))
         };
         let submitted = tokio::select! {
@@ -312,18 +320,18 @@ pub(super) async fn propose_loop(
         };
         // Ordered (or failed): no longer ahead of a direct submit.
         lane.left(taken);
-        let committed = match submitted {
-            Ok(committed) => committed,
+        let (committed, submitted) = match submitted {
+            Ok(submitted) => submitted,
             Err(e) => {
                 answer(Err(e), replies);
                 continue;
             }
         };
-        let stop = stop.clone();
+        let (stop, hops) = (stop.clone(), Arc::clone(&lane.hops));
         tokio::spawn(async move {
             let written = tokio::select! {
                 _ = stop.cancelled() => Err(shutting_down()),
-                written = applied(committed, deadline) => written,
+                written = applied(committed, deadline, (&hops, submitted)) => written,
             };
             answer(written, replies);
             drop(slot);
@@ -332,18 +340,25 @@ pub(super) async fn propose_loop(
 }
 
 /// Waits, until `deadline`, for a submitted entry to be applied
-/// (`committed` is what `client_write_ff` returned); its answer.
+/// (`committed` is what `client_write_ff` returned at `submitted`); its
+/// answer. Reports the entry's hops to `hops` (this is where the
+/// proposer holds the answer; the loop's callers get it one hand-off
+/// later).
 async fn applied<E: std::fmt::Display, X>(
     committed: impl std::future::Future<
         Output = Result<Result<openraft::raft::ClientWriteResponse<TypeConfig>, E>, X>,
     >,
     deadline: Instant,
+    (hops, submitted): (&HopClock, std::time::Instant),
 ) -> Result<Response, CommitError> {
     match tokio::time::timeout_at(deadline, committed).await {
         Err(_) => Err(timed_out()),
         Ok(Err(_)) => Err(stopped()),
         Ok(Ok(written)) => written
-            .map(|w| w.data)
+            .map(|w| {
+                hops.answered(w.log_id.index, submitted);
+                w.data
+            })
             .map_err(|e| CommitError::Unavailable(e.to_string())),
     }
 }

@@ -200,6 +200,7 @@ pub(super) fn node_settings(dir: &Path, name: &str) -> NodeSettings {
         produce_timeout: Duration::from_secs(5),
         max_producers: 100,
         max_in_snapshot_log_to_keep: MAX_IN_SNAPSHOT_LOG_TO_KEEP,
+        hop_observer: None,
     }
 }
 

@@ -8,6 +8,7 @@ use openraft::{ChangeMembers, EntryPayload, RaftLogReader};
 
 use super::*;
 use crate::log::{SegmentInfo, SyncPolicy};
+use crate::raft::hops::{HopObserver, HOPS};
 
 fn settings(dir: &Path) -> NodeSettings {
     super::router::node_settings(dir, "test")
@@ -385,4 +386,51 @@ async fn reads_outside_the_range_say_which_side_and_replay_stays_unavailable() {
         Err(CommitError::Unavailable(_))
     ));
     assert_eq!(range(read_applied(&sm, &caught_up, 0, 1)).1, 4);
+}
+
+/// Keeps every report of hops.
+#[derive(Debug, Default)]
+struct Hops(std::sync::Mutex<Vec<[Duration; HOPS.len()]>>);
+
+impl HopObserver for Hops {
+    fn hops(&self, hops: &[Duration; HOPS.len()]) {
+        self.0.lock().unwrap().push(*hops);
+    }
+}
+
+#[tokio::test]
+async fn each_proposed_entry_reports_its_hops_within_its_produce_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let seen = Arc::new(Hops::default());
+    let node = leader(NodeSettings {
+        hop_observer: Some(Arc::clone(&seen) as Arc<dyn HopObserver>),
+        ..settings(dir.path())
+    })
+    .await;
+    // One at a time: each produce is one entry, submitted directly.
+    for i in 0..5u64 {
+        let started = std::time::Instant::now();
+        assert_eq!(produce(&node, vec![b"r".to_vec()]).await.unwrap(), (i, 1));
+        let took = started.elapsed();
+        let seen = seen.0.lock().unwrap();
+        assert_eq!(seen.len() as u64, i + 1, "one report per entry");
+        let hops = seen[i as usize];
+        assert!(hops.iter().sum::<Duration>() <= took, "{hops:?} > {took:?}");
+        // The sync hop holds the fdatasync (SyncPolicy::Always).
+        assert!(hops[2] > Duration::ZERO, "{hops:?}");
+    }
+    // Concurrent producers: entries through the propose loop report too,
+    // one report per entry (never more than the requests).
+    let producers: Vec<_> = (0..32)
+        .map(|_| {
+            let node = node.clone();
+            tokio::spawn(async move { produce(&node, vec![b"c".to_vec()]).await.unwrap() })
+        })
+        .collect();
+    for p in producers {
+        p.await.unwrap();
+    }
+    let reports = seen.0.lock().unwrap().len();
+    assert!((6..=5 + 32).contains(&reports), "{reports} reports");
+    node.shutdown().await.unwrap();
 }

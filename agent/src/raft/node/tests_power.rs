@@ -6,19 +6,20 @@
 //! survived. The cluster keeps every acknowledged record, node 3 catches
 //! up, and all logs are identical. Once as a follower, once as the leader.
 //!
-//! Reach of the simulated disk: both WALs go through it. The Raft
-//! metadata (`raft/raft-meta.json`: vote, committed and purged ids), the
-//! node id and snapshots are written with `std::fs` (always synced, so
-//! they survive a power cut whole); the test copies the metadata at the
-//! cut and puts it back before the restart, because the shutdown that
-//! ends the in-process node writes it again, which a power cut would not.
+//! Reach of the simulated disk: both WALs and the Raft metadata
+//! (`raft/raft-meta.json`: vote, committed and purged ids) go through it,
+//! so the vote a restarted node finds is the one it synced. The node id,
+//! the cluster id and snapshots are written with `std::fs` (always synced,
+//! so they survive a power cut whole). The shutdown that ends the
+//! in-process node after the cut finds every write failing, as it would
+//! with the power off.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::router::{read_range, retrying_producer, wait_applied, Cluster};
 use super::*;
-use crate::log::fs::SimFs;
+use crate::log::fs::{Faults, SimFs};
 
 /// The crash seed: `PROGLOG_FAULT_SEED`, else the clock; printed.
 fn seed() -> u64 {
@@ -40,22 +41,17 @@ fn seed() -> u64 {
 async fn cut_power(cluster: &mut Cluster, id: u64, disk: &SimFs, seed: u64) {
     cluster.router.isolate(id);
     cluster.router.unregister(id);
-    let meta = cluster.settings[&id]
-        .dir
-        .join("raft")
-        .join("raft-meta.json");
-    let kept = std::fs::read(&meta).ok();
     disk.crash(seed);
+    // Fails: its files are gone with the power, and nothing new is
+    // written (the shutdown would write the Raft metadata again).
+    disk.set_faults(Faults {
+        write: true,
+        ..Faults::default()
+    });
     let node = cluster.nodes.remove(&id).unwrap();
-    // Fails: its files are gone with the power.
     let _ = node.shutdown().await;
     drop(node);
-    match kept {
-        Some(bytes) => std::fs::write(&meta, bytes).unwrap(),
-        None => {
-            let _ = std::fs::remove_file(&meta);
-        }
-    }
+    disk.set_faults(Faults::default());
     cluster.router.heal(id);
 }
 
