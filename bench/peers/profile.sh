@@ -86,8 +86,8 @@ awk -v rate="$rate" -v w="$watch" '
   /context-switches/ { c=$1; gsub(",","",c); printf "agent context switches: %.1f per record\n", c/(rate*w) }' "$OUT/perf-stat.txt"
 echo "== mean time per entry in each hop (the agent's hop histogram, perf run)"
 awk '{ split($1, a, "\""); kind = ($1 ~ /_sum/) ? "sum" : "count"
-       if (FILENAME == ARGV[1]) before[a[2] kind] = $2; else { after[a[2] kind] = $2; if (kind == "sum") order[++n] = a[2] } }
-     END { total = 0
+       if (FILENAME == ARGV[1]) before[a[2] kind] = $2; else after[a[2] kind] = $2 }
+     END { n = split("submit write sync commit apply_handoff apply answer", order, " "); total = 0
            for (i = 1; i <= n; i++) { h = order[i]; c = after[h "count"] - before[h "count"]
              if (c > 0) { us = (after[h "sum"] - before[h "sum"]) * 1e6 / c; total += us
                printf "  %-14s %8.1f us  (%d entries)\n", h, us, c } }
