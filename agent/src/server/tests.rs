@@ -63,8 +63,8 @@ impl Node {
         };
         customize(&mut config);
         config.validate().unwrap();
-        // Files outside the WAL (Raft metadata, snapshots, ids) stay on
-        // the real disk, in directories the simulated one does not make.
+        // Files outside the WAL (snapshots, ids) stay on the real disk, in
+        // directories the simulated one does not make.
         std::fs::create_dir_all(config.data_dir.join("raft")).unwrap();
         let agent = Agent::start_on(config.clone(), None, fs).await.unwrap();
         Node { agent, dir, config }

@@ -127,13 +127,17 @@ async fn every_kind_of_bad_input_gets_its_answer_and_the_agent_keeps_serving() {
     );
 }
 
-/// A second agent with tight per-connection limits.
+/// A second agent with tight per-connection limits, and peer TLS (its
+/// server certificate) so that peers can reach its Raft path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_and_calls_past_their_limits_are_refused() {
+async fn connections_and_calls_past_their_limits_are_refused_and_peers_still_get_in() {
     let node = Node::start(|c| {
         c.max_connections = 4;
         c.max_in_flight_per_connection = 1;
         c.first_byte_timeout = "1s".into();
+        c.peer_tls_cert_file = c.server_tls_cert_file.clone();
+        c.peer_tls_key_file = c.server_tls_key_file.clone();
+        c.peer_tls_ca_file = c.server_tls_ca_file.clone();
     })
     .await;
     let addr = node.agent.rpc_addr();
@@ -166,22 +170,44 @@ async fn connections_and_calls_past_their_limits_are_refused() {
         "{results:?}"
     );
     drop((c, rpc));
-    // Connections past max_connections are closed at once (well before the
-    // first-byte timeout), while the first four are held open.
+    // Four clients take every place (each has called, so each holds its
+    // connection open).
     let mut held = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     while held.len() < 4 {
         assert!(Instant::now() < deadline, "could not hold four connections");
-        held.push(TcpStream::connect(addr).await.unwrap());
+        let mut c = node.client("root").await;
+        if c.servers().await.is_ok() {
+            held.push(c);
+        }
     }
-    let extra = TcpStream::connect(addr).await.unwrap();
+    // One more client is closed as soon as its first byte shows it is not
+    // a peer (well before the first-byte timeout)...
+    let mut extra = TcpStream::connect(addr).await.unwrap();
+    extra.write_all(b"P").await.unwrap();
     let started = Instant::now();
     assert!(closed_within(extra, Duration::from_millis(900)).await);
     assert!(started.elapsed() < Duration::from_millis(900));
-    for sock in held {
-        assert!(closed_within(sock, Duration::from_secs(1) + SLACK).await);
-    }
-    // Their places are free again.
+    // ... and one more silent connection at the first-byte timeout.
+    let silent = TcpStream::connect(addr).await.unwrap();
+    assert!(closed_within(silent, Duration::from_secs(1) + SLACK).await);
+    // A peer still gets in: a Raft call over the port, past max_connections.
+    let certs = node.certs();
+    let peer = tls::peer_tls(
+        &certs.join("server.pem"),
+        &certs.join("server-key.pem"),
+        &certs.join("ca.pem"),
+        &[],
+    )
+    .unwrap();
+    let network =
+        crate::raft::net::PeerNetwork::new(Arc::new(arc_swap::ArcSwap::from_pointee(peer)));
+    let info = network
+        .cluster_info(&addr.to_string(), Duration::from_secs(5))
+        .await;
+    assert!(info.is_ok(), "a peer past max_connections: {info:?}");
+    // The clients' places are free again once they go.
+    drop((held, network));
     let mut c = eventually_client(&node).await;
     let off = c.produce("after").await.unwrap();
     assert_eq!(c.consume(off).await.unwrap(), b"after");

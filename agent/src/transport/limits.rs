@@ -7,6 +7,12 @@
 //! whole life (from accept to close, handshake included), carried by the
 //! [`Conn`] wrapper that tonic serves, so a closed connection frees its
 //! place whichever side closed it.
+//!
+//! Peers keep a way in when clients take every place: past
+//! `max_connections`, up to [`PEER_RESERVE`] more connections are let in
+//! to show their first byte, and only a peer's (the Raft byte) is served;
+//! any other is closed at once. A flood of clients thus cannot cut a node
+//! off from its cluster.
 
 use std::io;
 use std::pin::Pin;
@@ -49,23 +55,58 @@ impl Default for Limits {
     }
 }
 
+/// Connections past `max_connections` let in for peers only.
+pub const PEER_RESERVE: usize = 64;
+
+/// The places of one port: `max_connections` for anyone, and
+/// [`PEER_RESERVE`] more for peers.
+#[derive(Debug, Clone)]
+pub(crate) struct Slots {
+    any: Arc<Semaphore>,
+    peers: Arc<Semaphore>,
+}
+
 impl Limits {
-    /// A semaphore with one permit per allowed connection.
-    pub(crate) fn connection_slots(&self) -> Arc<Semaphore> {
-        Arc::new(Semaphore::new(
-            self.max_connections.min(Semaphore::MAX_PERMITS),
-        ))
+    /// The port's places under these limits.
+    pub(crate) fn connection_slots(&self) -> Slots {
+        Slots {
+            any: Arc::new(Semaphore::new(
+                self.max_connections.min(Semaphore::MAX_PERMITS),
+            )),
+            peers: Arc::new(Semaphore::new(PEER_RESERVE)),
+        }
     }
 }
 
-/// A connection's place under `max_connections`, released on drop.
+/// A connection's place, released on drop: one of `max_connections`, or
+/// one of the [`PEER_RESERVE`] (then only a peer may keep it).
 #[derive(Debug)]
-pub struct Permit(#[allow(dead_code)] OwnedSemaphorePermit);
+pub struct Permit {
+    _place: OwnedSemaphorePermit,
+    peers_only: bool,
+}
 
 impl Permit {
-    /// Takes a place if one is free.
-    pub(crate) fn try_take(slots: &Arc<Semaphore>) -> Option<Permit> {
-        Arc::clone(slots).try_acquire_owned().ok().map(Permit)
+    /// Takes a place if one is free: an ordinary one first, else one kept
+    /// for peers.
+    pub(crate) fn try_take(slots: &Slots) -> Option<Permit> {
+        let take = |s: &Arc<Semaphore>| Arc::clone(s).try_acquire_owned().ok();
+        match take(&slots.any) {
+            Some(place) => Some(Permit {
+                _place: place,
+                peers_only: false,
+            }),
+            None => take(&slots.peers).map(|place| Permit {
+                _place: place,
+                peers_only: true,
+            }),
+        }
+    }
+
+    /// Whether this place is one kept for peers: a client holding it is
+    /// past `max_connections`.
+    pub(crate) fn peers_only(&self) -> bool {
+        self.peers_only
     }
 }
 

@@ -150,7 +150,9 @@ impl Drop for Unix {
 
 /// Accepts TCP connections and hands each, in its own task, to `handle`,
 /// which returns the connection to serve (or `None` to drop it). A
-/// connection past `limits.max_connections` is closed at once; one that
+/// connection past `limits.max_connections` takes a place kept for peers
+/// (which `handle` serves only if its first byte is the Raft byte), and
+/// one past those too is closed at once; one that
 /// sends no byte within `limits.first_byte_timeout`, or whose `handle`
 /// (the handshake) is not done `limits.handshake_timeout` after accept, is
 /// closed.
@@ -184,7 +186,7 @@ where
             };
             let Some(permit) = Permit::try_take(&slots) else {
                 debug!(%peer, limit = limits.max_connections,
-                    "connection closed: max_connections reached");
+                    "connection closed: max_connections and the peer reserve reached");
                 continue;
             };
             let _ = sock.set_nodelay(true);
@@ -247,6 +249,10 @@ impl Transport for TlsTcp {
             let raft = raft.clone();
             async move {
                 match (route(&sock).await, raft) {
+                    (Route::Grpc, _) if permit.peers_only() => {
+                        debug!("connection closed: max_connections reached");
+                        return None;
+                    }
                     (Route::Grpc, _) => {}
                     (Route::Raft, Some(raft)) => {
                         raft.admit(sock, permit).await;
@@ -280,8 +286,10 @@ impl Transport for PlainTcp {
             self.limits,
             cancel,
             |sock, permit| async move {
-                // Dev mode is one node: no Raft path.
-                (route(&sock).await == Route::Grpc).then(|| Conn::new(sock, permit))
+                // Dev mode is one node: no Raft path, so no use for the
+                // places kept for peers.
+                let served = route(&sock).await == Route::Grpc && !permit.peers_only();
+                served.then(|| Conn::new(sock, permit))
             },
         )
     }
