@@ -278,32 +278,16 @@ impl StateMachine {
     }
 
     fn apply_request(&self, applied: &mut Applied, req: Request) -> Result<Response, LogError> {
-        let data = self.data();
         match req {
-            Request::Append {
-                records,
-                producer,
-                at_ms,
-            } => {
-                if let Some(answer) = repeated(applied, &producer) {
-                    return Ok(answer);
-                }
-                let first_offset = data.append_batch(&records)?;
-                let count = records.len() as u64;
-                applied.state.next_offset = first_offset + count;
-                if let Some((id, seq)) = producer {
-                    applied
-                        .state
-                        .producers
-                        .record(&id, seq, first_offset, count, at_ms);
-                }
-                Ok(Response::Appended {
-                    first_offset,
-                    count,
-                })
+            // A lone append (as entries from before batching hold) is a
+            // batch of one, which answers it once.
+            append @ Request::Append { .. } => {
+                let answers = self.apply_batch(applied, vec![append])?;
+                Ok(answers.into_iter().next().unwrap_or(Response::Empty))
             }
             Request::Batch(requests) => self.apply_batch(applied, requests).map(Response::Batch),
             Request::Retain { lowest } => {
+                let data = self.data();
                 let lowest = lowest
                     .min(applied.state.next_offset)
                     .max(applied.state.lowest);
@@ -347,7 +331,7 @@ impl StateMachine {
                 // The propose loop batches appends only; anything else is
                 // applied in order, after the records before it.
                 other => {
-                    self.write_batch(&data, applied, start, &records)?;
+                    write_batch(&data, applied, start, &records)?;
                     records.clear();
                     answers.push(self.apply_request(applied, other)?);
                     start = applied.state.next_offset;
@@ -372,35 +356,8 @@ impl StateMachine {
                 count,
             });
         }
-        self.write_batch(&data, applied, start, &records)?;
+        write_batch(&data, applied, start, &records)?;
         Ok(answers)
-    }
-
-    /// Appends the records a batch accepted, which were given offsets from
-    /// `start` on.
-    fn write_batch(
-        &self,
-        data: &Log,
-        applied: &mut Applied,
-        start: u64,
-        records: &[Vec<u8>],
-    ) -> Result<(), LogError> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        let first = data.append_batch(records)?;
-        if first != start {
-            // Never expected: only applies write the data log, in order.
-            return Err(LogError::Io {
-                path: data.dir().to_path_buf(),
-                source: std::io::Error::other(format!(
-                    "the data log appended a batch at offset {first}, the state machine \
-                     answered from offset {start}"
-                )),
-            });
-        }
-        applied.state.next_offset = start + records.len() as u64;
-        Ok(())
     }
 
     /// Builds a snapshot of everything applied. Under the applied-state
@@ -455,6 +412,32 @@ impl StateMachine {
             Err(e) => Err(snapshot_error(e)),
         }
     }
+}
+
+/// Appends the records a batch accepted, which were given offsets from
+/// `start` on.
+fn write_batch(
+    data: &Log,
+    applied: &mut Applied,
+    start: u64,
+    records: &[Vec<u8>],
+) -> Result<(), LogError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let first = data.append_batch(records)?;
+    if first != start {
+        // Never expected: only applies write the data log, in order.
+        return Err(LogError::Io {
+            path: data.dir().to_path_buf(),
+            source: std::io::Error::other(format!(
+                "the data log appended a batch at offset {first}, the state machine \
+                 answered from offset {start}"
+            )),
+        });
+    }
+    applied.state.next_offset = start + records.len() as u64;
+    Ok(())
 }
 
 /// Drops records at and after `next` from the data log.
