@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use proglog_client::{ClusterClient, ClusterConfig, Tls};
+use proglog_client::{ClusterClient, ClusterConfig};
 
 use crate::{eventually, ProcessCluster};
 
@@ -73,17 +73,6 @@ impl Rng {
     }
 }
 
-/// Client TLS for user `root` of `cluster`'s fixture.
-pub fn root_tls(cluster: &ProcessCluster) -> Tls {
-    let certs = cluster.fx.path("certs");
-    Tls::from_files(
-        &certs.join("ca.pem"),
-        &certs.join("root-client.pem"),
-        &certs.join("root-client-key.pem"),
-    )
-    .expect("the fixture's client certificate")
-}
-
 /// What a [`Producer`] saw.
 #[derive(Debug, Default, Clone)]
 pub struct Produced {
@@ -116,10 +105,13 @@ pub struct Producer {
 }
 
 impl Producer {
-    /// Starts `tasks` producing tasks against `seeds` (at most 8, well under
-    /// the servers' window of 32 remembered sequences per producer).
-    pub fn start(seeds: Vec<String>, tls: Tls, prefix: &str, tasks: usize) -> Producer {
+    /// Starts `tasks` producing tasks (at most 8, well under the servers'
+    /// window of 32 remembered sequences per producer) as `root`, with
+    /// every node of `cluster` as a seed.
+    pub fn start(cluster: &ProcessCluster, prefix: &str, tasks: usize) -> Producer {
         assert!((1..=8).contains(&tasks));
+        let seeds: Vec<String> = (0..cluster.ports.len()).map(|i| cluster.addr(i)).collect();
+        let tls = cluster.root_tls();
         let seen = Arc::new(Mutex::new(Produced::default()));
         let acks = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -238,7 +230,7 @@ pub fn read_log(cluster: &ProcessCluster, i: usize) -> Option<Vec<(u64, String)>
     use tokio_stream::StreamExt;
     let target = Target::Tcp {
         addr: cluster.addr(i),
-        tls: Some(root_tls(cluster)),
+        tls: Some(cluster.root_tls()),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

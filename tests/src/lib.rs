@@ -333,13 +333,31 @@ impl ProcessCluster {
     /// lists `n` servers and a leader.
     pub fn start(n: usize, extra: &[&str]) -> ProcessCluster {
         let mut cluster = ProcessCluster::new(n, extra);
-        for i in 0..n {
-            cluster.start_node(i);
-        }
-        for i in 0..n {
-            cluster.wait_servers(i, n);
-        }
+        cluster.start_all();
         cluster
+    }
+
+    /// Starts every node and waits until each lists them all and a
+    /// leader.
+    pub fn start_all(&mut self) {
+        let n = self.ports.len();
+        for i in 0..n {
+            self.start_node(i);
+        }
+        for i in 0..n {
+            self.wait_servers(i, n);
+        }
+    }
+
+    /// The TLS of the fixture's `root` client (allowed everything).
+    pub fn root_tls(&self) -> proglog_client::Tls {
+        let certs = self.fx.path("certs");
+        proglog_client::Tls::from_files(
+            &certs.join("ca.pem"),
+            &certs.join("root-client.pem"),
+            &certs.join("root-client-key.pem"),
+        )
+        .expect("the fixture's client certificate")
     }
 
     /// A cluster of `n` nodes with `extra` flags each, none running yet

@@ -55,18 +55,12 @@ fn a_cluster_formed_by_flags_keeps_acked_records_across_a_leader_sigkill() {
 fn a_client_with_one_seed_rides_out_a_leader_sigkill_without_appending_twice() {
     use proglog_client::proto::log_client::LogClient;
     use proglog_client::proto::ConsumeRequest;
-    use proglog_client::{ClusterClient, ClusterConfig, Role, Tls};
+    use proglog_client::{ClusterClient, ClusterConfig, Role};
     use tokio_stream::StreamExt;
     let mut cluster = ProcessCluster::start(3, &["--produce-timeout", "5s"]);
     let leader = cluster.leader();
     let seed = (0..3).find(|&i| i != leader).unwrap();
-    let certs = cluster.fx.path("certs");
-    let tls = Tls::from_files(
-        &certs.join("ca.pem"),
-        &certs.join("root-client.pem"),
-        &certs.join("root-client-key.pem"),
-    )
-    .unwrap();
+    let tls = cluster.root_tls();
     let config = ClusterConfig::new(
         vec![format!("127.0.0.1:{}", cluster.ports[seed])],
         Some(tls),

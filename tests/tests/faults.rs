@@ -18,8 +18,8 @@
 use std::time::{Duration, Instant};
 
 use proglog_tests::faults::{
-    agreed_leader, check_logs, env_or, is_root, newest_store, root_tls, tear_last_entry, Netns,
-    Producer, Rng, Tmpfs,
+    agreed_leader, check_logs, env_or, is_root, newest_store, tear_last_entry, Netns, Producer,
+    Rng, Tmpfs,
 };
 use proglog_tests::{client, eventually, ProcessCluster};
 
@@ -62,8 +62,7 @@ fn crash_loop_keeps_every_acked_record_at_its_offset_on_every_node() {
     let mut rng = Rng::for_test("crash loop");
     let started = Instant::now();
     let mut cluster = ProcessCluster::start(3, &FLAGS);
-    let seeds = (0..3).map(|i| cluster.addr(i)).collect();
-    let producer = Producer::start(seeds, root_tls(&cluster), "crash", 4);
+    let producer = Producer::start(&cluster, "crash", 4);
     producer.wait_progress(50, Duration::from_secs(60), "before the first kill");
     let mut leader_kills = 0;
     for cycle in 0..cycles {
@@ -114,7 +113,7 @@ fn produce_on(
     use proglog_client::{Client, Target};
     let target = Target::Tcp {
         addr: cluster.addr(i),
-        tls: Some(root_tls(cluster)),
+        tls: Some(cluster.root_tls()),
     };
     let value = value.to_string();
     tokio::runtime::Builder::new_current_thread()
@@ -149,14 +148,8 @@ fn partitions_never_ack_two_records_at_one_offset_and_lose_nothing() {
     let mut rng = Rng::for_test("partitions");
     let started = Instant::now();
     let mut cluster = ProcessCluster::on_hosts(&net.hosts, &net.netns(), &FLAGS);
-    for i in 0..3 {
-        cluster.start_node(i);
-    }
-    for i in 0..3 {
-        cluster.wait_servers(i, 3);
-    }
-    let seeds = (0..3).map(|i| cluster.addr(i)).collect();
-    let producer = Producer::start(seeds, root_tls(&cluster), "part", 4);
+    cluster.start_all();
+    let producer = Producer::start(&cluster, "part", 4);
     producer.wait_progress(50, Duration::from_secs(60), "before any partition");
     let mut passed = Vec::new();
 
@@ -263,14 +256,8 @@ fn a_full_disk_fails_one_node_without_corruption_and_the_cluster_writes_on() {
     let mut cluster = ProcessCluster::new(3, &FLAGS);
     let full = 2;
     let disk = Tmpfs::mount(&cluster.fx.path(&format!("node{full}")), "48m").expect("a tmpfs");
-    for i in 0..3 {
-        cluster.start_node(i);
-    }
-    for i in 0..3 {
-        cluster.wait_servers(i, 3);
-    }
-    let seeds = (0..3).map(|i| cluster.addr(i)).collect();
-    let producer = Producer::start(seeds, root_tls(&cluster), "full", 4);
+    cluster.start_all();
+    let producer = Producer::start(&cluster, "full", 4);
     producer.wait_progress(100, Duration::from_secs(60), "before the disk fills");
 
     // Fill the node's disk with a file, to the last byte.
@@ -370,8 +357,7 @@ fn a_full_disk_fails_one_node_without_corruption_and_the_cluster_writes_on() {
 #[test]
 fn a_torn_store_tail_is_cut_back_on_restart_and_the_node_catches_up() {
     let mut cluster = ProcessCluster::start(3, &FLAGS);
-    let seeds = (0..3).map(|i| cluster.addr(i)).collect();
-    let producer = Producer::start(seeds, root_tls(&cluster), "torn", 4);
+    let producer = Producer::start(&cluster, "torn", 4);
     producer.wait_progress(300, Duration::from_secs(60), "before the stop");
     let leader = cluster.leader();
     let victim = (0..3).find(|&i| i != leader).unwrap();

@@ -210,12 +210,7 @@ fn value(sample: &serde_json::Value) -> Option<f64> {
 #[test]
 fn prometheus_scrapes_every_node_of_a_cluster() {
     let mut c = ProcessCluster::new(3, &[]).with_metrics();
-    for i in 0..3 {
-        c.start_node(i);
-    }
-    for i in 0..3 {
-        c.wait_servers(i, 3);
-    }
+    c.start_all();
     c.produce(0, &["x".into()]);
     let dir = tempfile::tempdir().unwrap();
     let targets: Vec<SocketAddr> = (0..3).map(|i| c.metrics_addr(i)).collect();

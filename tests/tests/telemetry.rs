@@ -22,7 +22,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use proglog_client::proto::{ProduceRequest, Record};
-use proglog_client::{Client, Target, Tls};
+use proglog_client::{Client, Target};
 use proglog_tests::{eventually, free_port, proglog_bin, AgentProcess, ProcessCluster};
 
 /// One span as the receiver got it.
@@ -98,25 +98,14 @@ fn a_produce_sent_to_a_follower_is_one_trace_across_follower_and_leader() {
     cluster
         .env
         .push(("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()));
-    for i in 0..3 {
-        cluster.start_node(i);
-    }
-    for i in 0..3 {
-        cluster.wait_servers(i, 3);
-    }
+    cluster.start_all();
     let leader = cluster.leader();
     let follower = (0..3).find(|&i| i != leader).unwrap();
 
     // The client starts the trace: its traceparent goes to the follower.
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let client_span = "00f067aa0ba902b7";
-    let certs = cluster.fx.path("certs");
-    let tls = Tls::from_files(
-        &certs.join("ca.pem"),
-        &certs.join("root-client.pem"),
-        &certs.join("root-client-key.pem"),
-    )
-    .unwrap();
+    let tls = cluster.root_tls();
     let offset = runtime.block_on(async {
         let mut client = Client::connect(Target::Tcp {
             addr: format!("127.0.0.1:{}", cluster.ports[follower]),

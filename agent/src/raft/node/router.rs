@@ -208,8 +208,17 @@ pub(super) fn node_settings(dir: &Path, name: &str) -> NodeSettings {
 pub(super) const WAIT: Duration = Duration::from_secs(30);
 
 /// Polls `check` every 20 ms until it holds, failing after [`WAIT`].
-pub(super) async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
+pub(super) async fn eventually(what: &str, check: impl FnMut() -> bool) {
+    eventually_within(WAIT, what, check).await
+}
+
+/// Polls `check` every 20 ms until it holds, failing after `limit`.
+pub(super) async fn eventually_within(
+    limit: Duration,
+    what: &str,
+    mut check: impl FnMut() -> bool,
+) {
+    let deadline = Instant::now() + limit;
     while !check() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;

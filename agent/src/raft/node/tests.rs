@@ -31,12 +31,8 @@ async fn produce(node: &RaftNode, records: Vec<Vec<u8>>) -> Result<(u64, u64), C
 }
 
 /// Polls `check` until it holds, failing after 20 s.
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn eventually(what: &str, check: impl FnMut() -> bool) {
+    super::router::eventually_within(Duration::from_secs(20), what, check).await
 }
 
 #[test]
