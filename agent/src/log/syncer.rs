@@ -17,10 +17,10 @@
 //! asks for the segment lock while holding `io`, and nothing holds `state`
 //! while waiting on the `visible` watch.
 //!
-//! A caller that cannot block or await (openraft's flush callback) can
-//! instead register a function with [`GroupCommit::on_durable`]: the round
-//! that makes its records durable runs it on the syncer's thread, which
-//! saves the hop through an async task that awaiting the watch would take.
+//! A single writer can instead sync what it wrote on its own thread
+//! ([`Syncing::Caller`]): its writes do not wake the syncer, and its sync
+//! runs the round itself (the Raft log's writer: no hand-off between its
+//! write, the fdatasync and openraft's flush callback).
 //!
 //! Failure is final: after any write or sync error nothing more becomes
 //! visible and every waiter, now and later, gets [`LogError::SyncFailed`].
@@ -45,9 +45,15 @@ pub(super) trait ActiveStore: Send + Sync {
     fn active_store(&self) -> (Arc<dyn FileHandle>, PathBuf);
 }
 
-/// A function run once the records below an offset are durable, or with
-/// the error that means they never will be.
-pub(super) type OnDurable = Box<dyn FnOnce(Result<()>) + Send>;
+/// Who runs the sync rounds a write needs under [`SyncPolicy::Always`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Syncing {
+    /// The syncer thread, woken by the write: the writer goes on writing.
+    Syncer,
+    /// The writer itself, on its own thread, when it asks for the sync: no
+    /// hand-off between the write and its fdatasync.
+    Caller,
+}
 
 /// The group-commit state of one log.
 pub(super) struct GroupCommit {
@@ -69,10 +75,6 @@ pub(super) struct GroupCommit {
     /// async waiter checks it while holding the watch's lock, and rounds
     /// publish to the watch while holding the state mutex).
     failed: AtomicBool,
-    /// Functions waiting for the visible watermark, each with the offset
-    /// it must reach, in registration order. Taken after `state` when
-    /// both are held.
-    callbacks: Mutex<Vec<(u64, OnDurable)>>,
     /// Told the duration of every round's fdatasync (metrics).
     observer: Option<Arc<dyn SyncObserver>>,
 }
@@ -146,7 +148,6 @@ impl GroupCommit {
             work: Condvar::new(),
             visible: watch::Sender::new(next),
             failed: AtomicBool::new(false),
-            callbacks: Mutex::new(Vec::new()),
             observer: None,
         }
     }
@@ -186,7 +187,6 @@ impl GroupCommit {
         st.failed = true;
         self.failed.store(true, Ordering::Release);
         self.wake_all();
-        self.run_callbacks();
     }
 
     fn wake_all(&self) {
@@ -255,62 +255,15 @@ impl GroupCommit {
         }
     }
 
-    /// Runs `f` once every offset below `next` is durable and visible
-    /// (with `Ok`), or once the log has failed (with
-    /// [`LogError::SyncFailed`]): at once on this thread if that is
-    /// already so, else on the thread that makes it so (usually the
-    /// syncer's, right after its fdatasync). `f` runs with the log's
-    /// group-commit state locked, so it must be quick and must not call
-    /// into the log; sending on a channel is what it is for.
-    pub fn on_durable(&self, next: u64, f: OnDurable) {
-        self.callbacks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((next, f));
-        // A round that published before the push could not see `f`; this
-        // check sees what that round published (the callbacks mutex
-        // orders the two).
-        self.run_callbacks();
-    }
-
-    /// Runs the registered functions whose records are now visible (or all
-    /// of them, with the error, once the log has failed), in registration
-    /// order. Called after every change of the visible watermark.
-    fn run_callbacks(&self) {
-        let ready: Vec<(u64, OnDurable)> = {
-            let mut callbacks = self.callbacks.lock().unwrap_or_else(|e| e.into_inner());
-            if callbacks.is_empty() {
-                return;
-            }
-            if self.is_failed() {
-                std::mem::take(&mut *callbacks)
-            } else {
-                let visible = *self.visible.borrow();
-                let (ready, waiting) = std::mem::take(&mut *callbacks)
-                    .into_iter()
-                    .partition(|(next, _)| *next <= visible);
-                *callbacks = waiting;
-                ready
-            }
-        };
-        let failed = self.is_failed();
-        for (_, f) in ready {
-            f(if failed {
-                Err(LogError::SyncFailed)
-            } else {
-                Ok(())
-            });
-        }
-    }
-
     /// Records a write up to `next` and applies the policy: wake the
-    /// syncer (always), or make it visible at once (never).
-    pub fn written(&self, next: u64, bytes: u64) {
+    /// syncer (always, unless the writer syncs on its own thread), or make
+    /// it visible at once (never).
+    pub fn written(&self, next: u64, bytes: u64, by: Syncing) {
         let mut st = self.lock();
         st.written = st.written.max(next);
         st.written_bytes += bytes;
         match self.policy {
-            SyncPolicy::Always if !st.syncing => self.work.notify_one(),
+            SyncPolicy::Always if !st.syncing && by == Syncing::Syncer => self.work.notify_one(),
             SyncPolicy::Always | SyncPolicy::Interval(_) => {}
             SyncPolicy::Never => {
                 if !st.failed {
@@ -319,21 +272,20 @@ impl GroupCommit {
                         *v = (*v).max(next);
                         grew
                     });
-                    drop(st);
-                    self.run_callbacks();
                 }
             }
         }
     }
 
-    /// Blocks until everything written so far is durable.
-    pub fn sync_all_written(&self, store: &dyn ActiveStore) -> Result<()> {
+    /// Blocks until everything written so far is durable; `by` says who
+    /// runs the rounds it needs.
+    pub fn sync_all_written(&self, store: &dyn ActiveStore, by: Syncing) -> Result<()> {
         let target = self.lock().written;
-        self.wait_synced(target, store)
+        self.wait_synced(target, store, by)
     }
 
     /// Blocks until offsets below `target` are durable.
-    pub fn wait_synced(&self, target: u64, store: &dyn ActiveStore) -> Result<()> {
+    pub fn wait_synced(&self, target: u64, store: &dyn ActiveStore, by: Syncing) -> Result<()> {
         let mut st = self.lock();
         loop {
             if st.failed {
@@ -342,22 +294,24 @@ impl GroupCommit {
             if st.synced >= target {
                 return Ok(());
             }
-            st = self.step_toward_sync(st, target, store);
+            st = self.step_toward_sync(st, target, store, by);
         }
     }
 
     /// Waits for the sync round that covers `target`, or runs it. With
-    /// `Always` the syncer thread runs rounds, so appenders keep writing
-    /// while one is in flight; otherwise the caller runs one when none is
-    /// in flight, and else waits for the one in flight to end and looks
-    /// again (with no syncer thread, nobody else would run the next one).
+    /// `Always` the syncer thread runs rounds (unless `by` is
+    /// [`Syncing::Caller`]), so appenders keep writing while one is in
+    /// flight; otherwise the caller runs one when none is in flight, and
+    /// else waits for the one in flight to end and looks again (nobody
+    /// else would run the next one).
     fn step_toward_sync<'a>(
         &'a self,
         mut st: MutexGuard<'a, SyncState>,
         target: u64,
         store: &dyn ActiveStore,
+        by: Syncing,
     ) -> MutexGuard<'a, SyncState> {
-        let always = self.policy == SyncPolicy::Always && !st.stop;
+        let always = self.policy == SyncPolicy::Always && !st.stop && by == Syncing::Syncer;
         if !st.syncing && !always {
             return self.sync_round(st, store);
         }
@@ -389,7 +343,7 @@ impl GroupCommit {
                 return Err(LogError::SyncFailed);
             }
             let target = st.written;
-            st = self.step_toward_sync(st, target, store);
+            st = self.step_toward_sync(st, target, store, Syncing::Syncer);
         }
         Ok(())
     }
@@ -434,7 +388,6 @@ impl GroupCommit {
                 if target > st.synced {
                     st.synced = target;
                     self.visible.send_replace(target);
-                    self.run_callbacks();
                 }
                 st.synced_bytes = st.synced_bytes.max(bytes);
             }
@@ -462,10 +415,6 @@ impl GroupCommit {
             changed
         });
         self.round_done.iter().for_each(Condvar::notify_all);
-        // As for `wait_durable`: a function waits for the watermark, not
-        // for particular records, so callers sync before they truncate
-        // (the Raft log store does) and none is left waiting here.
-        self.run_callbacks();
     }
 
     /// After a clean close synced everything up to `next`: makes it all
@@ -477,7 +426,6 @@ impl GroupCommit {
             self.visible.send_replace(next);
         }
         self.wake_all();
-        self.run_callbacks();
     }
 
     /// Tells the syncer thread to exit.

@@ -23,7 +23,7 @@ use super::fs::{FileHandle, FileSystem};
 use super::segment::{Segment, SegmentLimits};
 use super::segments::{LogReader, SegmentSet};
 use super::store::MAX_RECORD_LEN;
-use super::syncer::{ActiveStore, GroupCommit};
+use super::syncer::{ActiveStore, GroupCommit, Syncing};
 use super::{LogConfig, SyncPolicy};
 
 pub use super::syncer::SyncStats;
@@ -135,7 +135,9 @@ impl Log {
         shared.commit.wait_for_room(shared)?;
         let appended = self.append_batch_nowait(records)?;
         if shared.config.sync == SyncPolicy::Always {
-            shared.commit.wait_synced(appended.next, shared)?;
+            shared
+                .commit
+                .wait_synced(appended.next, shared, Syncing::Syncer)?;
         }
         Ok(appended.first)
     }
@@ -146,6 +148,19 @@ impl Log {
     /// unsynced-bytes bound: callers that may run far ahead check
     /// [`Log::over_unsynced_bound`] first.
     pub fn append_batch_nowait<R: AsRef<[u8]>>(&self, records: &[R]) -> Result<Appended> {
+        self.write_batch(records, Syncing::Syncer)
+    }
+
+    /// Writes records and leaves their sync to the caller: with
+    /// [`SyncPolicy::Always`] the syncer thread is not woken, and the
+    /// caller makes them durable with [`Log::sync_here`] (for a single
+    /// writer thread that syncs what it wrote: no hand-off to the syncer).
+    /// Neither blocks on the unsynced-bytes bound nor waits for a sync.
+    pub fn append_batch_unsynced<R: AsRef<[u8]>>(&self, records: &[R]) -> Result<Appended> {
+        self.write_batch(records, Syncing::Caller)
+    }
+
+    fn write_batch<R: AsRef<[u8]>>(&self, records: &[R], by: Syncing) -> Result<Appended> {
         for r in records {
             let size = r.as_ref().len() as u64;
             if size > MAX_RECORD_LEN {
@@ -175,7 +190,7 @@ impl Log {
                 }
             }
         };
-        shared.commit.written(next, bytes);
+        shared.commit.written(next, bytes, by);
         Ok(Appended { first, next })
     }
 
@@ -194,19 +209,21 @@ impl Log {
         self.shared.commit.wait_durable(next).await
     }
 
-    /// Runs `f` once every offset below `next` is durable and visible (or
-    /// the log has failed), on the thread that makes it so: the callback
-    /// form of [`Log::wait_durable`], for callers such as openraft's flush
-    /// callback that need no task to wait. `f` must be quick and must not
-    /// call into this log.
-    pub fn on_durable(&self, next: u64, f: impl FnOnce(Result<()>) + Send + 'static) {
-        self.shared.commit.on_durable(next, Box::new(f));
-    }
-
     /// Makes every record written so far durable and visible, whatever the
     /// policy.
     pub fn sync(&self) -> Result<()> {
-        self.shared.commit.sync_all_written(&*self.shared)
+        self.shared
+            .commit
+            .sync_all_written(&*self.shared, Syncing::Syncer)
+    }
+
+    /// [`Log::sync`], with the fdatasync on this thread (unless a round
+    /// already in flight covers everything written): the sync that follows
+    /// [`Log::append_batch_unsynced`].
+    pub fn sync_here(&self) -> Result<()> {
+        self.shared
+            .commit
+            .sync_all_written(&*self.shared, Syncing::Caller)
     }
 
     /// Reads the record at `offset`. Offsets below the lowest retained one

@@ -1,6 +1,7 @@
 //! The Raft log on a WAL: entry `i` is record `i` of the WAL (Raft indexes
-//! are dense too), synced with group commit; the vote and the last purged
-//! log id live in a small metadata file replaced atomically.
+//! are dense too), written and synced by the writer thread of
+//! [`super::log_writer`]; the vote and the last purged log id live in a
+//! small metadata file replaced atomically.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -12,10 +13,11 @@ use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, RaftLogReader};
 use serde::{Deserialize, Serialize};
 
 use super::hops::{HopClock, Stage};
+use super::log_writer::LogWriter;
 use super::recent::RecentEntries;
 use super::{codec, io_error, Entry, LogId, StorageError, TypeConfig, Vote};
 use crate::log::fs::{read_whole, replace_durably, FileSystem};
-use crate::log::{Log, LogConfig, LogError, SyncPolicy};
+use crate::log::{Log, LogConfig, LogError};
 
 /// What the Raft log keeps beside its entries. Written durably whenever
 /// the vote or the purge point changes; the committed id rides along (it
@@ -38,8 +40,8 @@ pub struct LogStore {
     fs: Arc<dyn FileSystem>,
     meta_path: PathBuf,
     meta: Arc<Mutex<Meta>>,
-    /// Entries count as flushed once written (`--sync interval|never`).
-    ack_on_write: bool,
+    /// Does every change to `log`, in order.
+    writer: Arc<LogWriter>,
     /// The entries appended last, for openraft's read-back before apply.
     recent: Arc<Mutex<RecentEntries>>,
     /// Stamps the append, write and flush of each entry.
@@ -54,8 +56,8 @@ impl LogStore {
     /// [`SyncPolicy::Always`] Raft hears of an entry once it is durable;
     /// otherwise once it is written, which a power loss can take back.
     pub fn open(dir: &Path, config: LogConfig) -> Result<LogStore, LogError> {
-        let ack_on_write = config.sync != SyncPolicy::Always;
         let fs = Arc::clone(&config.fs);
+        let (policy, room) = (config.sync, config.max_unsynced_bytes);
         let log = Log::open(
             dir.join("entries"),
             LogConfig {
@@ -78,12 +80,17 @@ impl LogStore {
                 })
             }
         };
+        let log = Arc::new(log);
+        let writer = LogWriter::start(&log, policy, room).map_err(|source| LogError::Io {
+            path: log.dir().to_path_buf(),
+            source,
+        })?;
         Ok(LogStore {
-            log: Arc::new(log),
+            log,
             fs,
             meta_path,
             meta: Arc::new(Mutex::new(meta)),
-            ack_on_write,
+            writer: Arc::new(writer),
             recent: Arc::default(),
             hops: HopClock::off(),
         })
@@ -98,14 +105,14 @@ impl LogStore {
     }
 
     /// Writes the metadata (with the latest committed id) and closes the
-    /// log.
+    /// log once the appends queued before are flushed. Blocks.
     pub fn close(&self) -> Result<(), LogError> {
         let bytes = serde_json::to_vec(&self.meta()).expect("metadata serializes");
         replace_durably(&*self.fs, &self.meta_path, &bytes).map_err(|source| LogError::Io {
             path: self.meta_path.clone(),
             source,
         })?;
-        self.log.close()
+        self.writer.run_blocking(Log::close)
     }
 
     fn meta(&self) -> Meta {
@@ -149,26 +156,29 @@ impl LogStore {
         self.recent.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Index of the next entry to append (entries before it may still be
+    /// on their way to the WAL).
+    fn next_index(&self) -> u64 {
+        self.writer.accepted()
+    }
+
     /// Index of the first entry that may still be read.
     fn first_index(&self) -> u64 {
         let purged = self.meta().last_purged.map_or(0, |l| l.index + 1);
         purged.max(self.log.lowest_offset())
     }
 
-    /// Makes pending appends durable, then runs `f` on the WAL off the
-    /// async threads. Truncation and purge go through here, so no flush
+    /// Makes pending appends durable, then runs `f` on the WAL, on the
+    /// writer's thread. Truncation and purge go through here, so no flush
     /// callback can report entries that were removed meanwhile.
     async fn settled<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Log) -> Result<T, LogError> + Send + 'static,
     ) -> Result<T, StorageError> {
-        let log = Arc::clone(&self.log);
-        blocking(ErrorVerb::Write, move || {
-            log.sync()
-                .and_then(|()| f(&log))
-                .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))
-        })
-        .await
+        self.writer
+            .run(move |log| log.sync().and_then(|()| f(log)))
+            .await
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))
     }
 }
 
@@ -198,10 +208,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(&e) => e,
             Bound::Unbounded => u64::MAX,
         };
-        let (from, to) = (
-            start.max(self.first_index()),
-            end.min(self.log.written_offset()),
-        );
+        let (from, to) = (start.max(self.first_index()), end.min(self.next_index()));
         if from >= to {
             return Ok(Vec::new());
         }
@@ -209,23 +216,34 @@ impl RaftLogReader<TypeConfig> for LogStore {
             return Ok(entries);
         }
         // Reads (page cache or disk) run on a blocking thread: openraft
-        // reads entries here to apply and to replicate them.
+        // reads entries here to apply and to replicate them. Entries still
+        // queued for the writer are read after it wrote them, on its
+        // thread (rare: the recent entries hold the last thousands).
+        if to > self.log.written_offset() {
+            return self
+                .writer
+                .run(move |log| Ok(read_entries(log, from, to)))
+                .await
+                .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+        }
         let log = Arc::clone(&self.log);
-        blocking(ErrorVerb::Read, move || {
-            let mut entries = Vec::with_capacity((to - from).min(1024) as usize);
-            for i in from..to {
-                let read_err = |e| io_error(ErrorSubject::Log(read_log_id(i)), ErrorVerb::Read, e);
-                let bytes = log.read_unsynced(i).map_err(read_err)?;
-                // An empty record (a hole padded by older versions) does not
-                // decode: an error, as openraft's logs have no holes.
-                let entry = codec::decode(&bytes)
-                    .map_err(|e| io_error(ErrorSubject::Log(read_log_id(i)), ErrorVerb::Read, e))?;
-                entries.push(entry);
-            }
-            Ok(entries)
-        })
-        .await
+        blocking(ErrorVerb::Read, move || read_entries(&log, from, to)).await
     }
+}
+
+/// Reads and decodes the entries `from..to`.
+fn read_entries(log: &Log, from: u64, to: u64) -> Result<Vec<Entry>, StorageError> {
+    let mut entries = Vec::with_capacity((to - from).min(1024) as usize);
+    for i in from..to {
+        let read_err = |e| io_error(ErrorSubject::Log(read_log_id(i)), ErrorVerb::Read, e);
+        let bytes = log.read_unsynced(i).map_err(read_err)?;
+        // An empty record (a hole padded by older versions) does not
+        // decode: an error, as openraft's logs have no holes.
+        let entry = codec::decode(&bytes)
+            .map_err(|e| io_error(ErrorSubject::Log(read_log_id(i)), ErrorVerb::Read, e))?;
+        entries.push(entry);
+    }
+    Ok(entries)
 }
 
 /// A placeholder log id naming index `i` in error reports.
@@ -238,7 +256,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged = self.meta().last_purged;
-        let next = self.log.written_offset();
+        let next = self.next_index();
         let last_log_id = if next > self.first_index() {
             let last = self.try_get_log_entries(next - 1..next).await?;
             last.first().map(|e| *e.get_log_id())
@@ -297,7 +315,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let write_err = |e: LogError| io_error(ErrorSubject::Logs, ErrorVerb::Write, e);
         let Some(first) = entries.first() else {
-            callback.log_io_completed(Ok(()));
+            // Flushed once everything before it is: in the writer's order.
+            let next = self.next_index();
+            let hops = Arc::clone(&self.hops);
+            self.writer
+                .append(Vec::new(), next..next, callback, hops)
+                .await;
             return Ok(());
         };
         let first_index = first.get_log_id().index;
@@ -306,12 +329,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         tracing::Span::current()
             .record("entries", entries.len())
             .record("first_index", first_index);
-        let written = self.log.written_offset();
-        if first_index != written {
-            if written <= self.first_index() {
+        let next = self.next_index();
+        if first_index != next {
+            if next <= self.first_index() {
                 // A log with no readable entry (new, or purged past its
                 // end, also when a crash came between the purge's metadata
-                // update and its reset, leaving `written` below the first
+                // update and its reset, leaving `next` below the first
                 // index) starts where the new entries start. Entries below
                 // the purge point stay unreadable, as purged ones are.
                 self.settled(move |log| log.reset(first_index)).await?;
@@ -325,36 +348,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 }));
             }
         }
-        let mut encoded: Vec<Vec<u8>> = Vec::with_capacity(entries.len());
-        if let Some(written) = self.log.over_unsynced_bound() {
-            self.log.wait_durable(written).await.map_err(write_err)?;
-        }
-        // The write (pwrite, maybe a segment roll with its fsync) runs on
-        // a blocking thread; openraft awaits this append before the next,
-        // so entries stay in order.
-        let log = Arc::clone(&self.log);
-        let (appended, entries) = blocking(ErrorVerb::Write, move || {
-            encoded.extend(entries.iter().map(codec::encode));
-            log.append_batch_nowait(&encoded)
-                .map(|a| (a, entries))
-                .map_err(write_err)
-        })
-        .await?;
+        // Encoding is CPU work, done here; the write, its sync and the
+        // flush callback happen on the writer's thread, in order. The
+        // entries are readable from `recent` until written.
+        let records: Vec<Vec<u8>> = entries.iter().map(codec::encode).collect();
         self.recent().push(entries);
-        self.hops.stamp(indexes.clone(), Stage::Written);
-        if self.ack_on_write {
-            self.hops.stamp(indexes, Stage::Flushed);
-            callback.log_io_completed(Ok(()));
-            return Ok(());
-        }
-        // The flush callback fires when a sync covers these entries (one
-        // fsync serves every append that arrived meanwhile), from the
-        // syncer's thread: no task hop between the fsync and openraft.
-        let hops = Arc::clone(&self.hops);
-        self.log.on_durable(appended.next, move |flushed| {
-            hops.stamp(indexes, Stage::Flushed);
-            callback.log_io_completed(flushed.map_err(std::io::Error::other));
-        });
+        self.writer
+            .append(records, indexes, callback, Arc::clone(&self.hops))
+            .await;
         Ok(())
     }
 

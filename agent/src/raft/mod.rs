@@ -9,9 +9,9 @@
 //! (`truncate_after`, io::Error, stream `apply`, `RaftNetworkV2`) stays
 //! local.
 //!
-//! Storage: the Raft log is a WAL of its own ([`log_store`], synced with
-//! group commit; an entry is acknowledged to openraft through its flush
-//! callback once a sync covers it). The state machine ([`state_machine`])
+//! Storage: the Raft log is a WAL of its own ([`log_store`]; one thread,
+//! [`log_writer`], writes and syncs it with group commit, and acknowledges
+//! an entry to openraft through its flush callback once a sync covers it). The state machine ([`state_machine`])
 //! applies record entries to a second WAL, the data log, assigning dense
 //! offsets at apply time. The data log does not fsync: after a restart it
 //! is cut back to the last snapshot and the committed entries after it are
@@ -33,6 +33,7 @@
 pub mod codec;
 pub mod hops;
 pub mod log_store;
+mod log_writer;
 pub mod net;
 pub mod node;
 pub mod producers;

@@ -331,3 +331,76 @@ async fn a_saved_vote_and_purge_point_survive_a_power_cut_whole() {
         assert_eq!(state.last_log_id, Some(log_id(1, 19)), "seed {seed}");
     }
 }
+
+/// The Raft log's writer thread: entries handed to it are readable at once
+/// (openraft replicates them while they are written), also those the
+/// recent entries no longer hold while they still wait behind a sync; no
+/// append is flushed before the fdatasync that covers it, and what was
+/// flushed survives a power cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_entries_are_readable_and_flushed_only_once_synced() {
+    use crate::log::fs::SimFs;
+    use openraft::storage::RaftLogStorageExt;
+    use openraft::RaftLogReader;
+    async fn poll(what: &str, mut check: impl AsyncFnMut() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !check().await {
+            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+    let disk = SimFs::new();
+    let config = LogConfig {
+        fs: std::sync::Arc::new(disk.clone()),
+        prealloc_bytes: 0,
+        ..LogConfig::default()
+    };
+    let dir = std::path::Path::new("/sim/writer");
+    let store = LogStore::open(dir, config.clone()).unwrap();
+    disk.hold_syncs(true);
+    let mut first = store.clone();
+    let one = tokio::spawn(async move {
+        first
+            .blocking_append([entry(0, append(&[b"a"], None))])
+            .await
+    });
+    poll("the first append's fdatasync in flight", async || {
+        disk.held_syncs() >= 1
+    })
+    .await;
+    // More entries than the recent ones keep queue behind that sync.
+    let many: Vec<Entry> = (1..5001).map(|i| entry(i, append(&[b"b"], None))).collect();
+    let (mut second, expected) = (store.clone(), many.clone());
+    let two = tokio::spawn(async move { second.blocking_append(many).await });
+    let mut reader = store.clone();
+    poll("the second append accepted", async || {
+        reader.try_get_log_entries(4990..5001).await.unwrap().len() == 11
+    })
+    .await;
+    // Evicted from the recent entries and not yet written: the read waits
+    // for the writer (a read that does not wait would fail or come back
+    // short at once).
+    let mut early = store.clone();
+    let mut evicted = tokio::spawn(async move { early.try_get_log_entries(1..101).await });
+    let waited = std::time::Duration::from_millis(200);
+    assert!(
+        tokio::time::timeout(waited, &mut evicted).await.is_err(),
+        "read entries the writer has not written"
+    );
+    assert!(!one.is_finished(), "flushed before its fdatasync");
+    assert!(!two.is_finished(), "flushed before its fdatasync");
+    disk.hold_syncs(false);
+    one.await.unwrap().unwrap();
+    two.await.unwrap().unwrap();
+    assert_eq!(evicted.await.unwrap().unwrap(), expected[..100]);
+
+    disk.crash(7);
+    drop((store, reader));
+    let mut store = LogStore::open(dir, config).unwrap();
+    let state = store.get_log_state().await.unwrap();
+    assert_eq!(state.last_log_id, Some(log_id(1, 5000)));
+    assert_eq!(
+        store.try_get_log_entries(0..5001).await.unwrap()[1..],
+        expected[..]
+    );
+}

@@ -175,43 +175,42 @@ fn truncation_fences_a_sync_round_in_flight() {
     assert_eq!(log.read(2).unwrap(), old[2]);
 }
 
+/// A writer that syncs on its own thread (`append_batch_unsynced`, then
+/// `sync_here`): its records become visible only once its fdatasync
+/// completes, and a failed fdatasync fails that sync and the log.
 #[test]
-fn a_durability_callback_runs_after_its_sync_or_with_the_failure() {
+fn a_sync_on_the_writers_thread_publishes_after_its_fdatasync_or_fails_the_log() {
     let fs = SimFs::new();
-    let dir = PathBuf::from("/sim/callback");
+    let dir = PathBuf::from("/sim/caller");
     let log = Arc::new(Log::open(&dir, sim(&fs, SyncPolicy::Always)).unwrap());
-    let (tx, fired) = mpsc::channel();
-    let callback = |tag: &'static str| {
-        let tx = tx.clone();
-        move |result: Result<(), LogError>| {
-            let _ = tx.send((tag, result.is_ok()));
-        }
-    };
 
-    // Already durable: runs at once, on this thread.
-    log.append(b"synced").unwrap();
-    log.on_durable(1, callback("already"));
-    assert_eq!(fired.try_recv().unwrap(), ("already", true));
-
-    // Not yet durable: runs only once the held sync round completes.
     fs.hold_syncs(true);
-    let appended = log.append_batch_nowait(&[b"pending"]).unwrap();
-    log.on_durable(appended.next, callback("pending"));
-    wait_until("a sync round in flight", || fs.held_syncs() >= 1);
-    assert!(fired.try_recv().is_err(), "ran before its fsync completed");
+    let appended = log.append_batch_unsynced(&[b"one", b"two"]).unwrap();
+    assert_eq!((appended.first, appended.next), (0, 2));
+    let (tx, synced) = mpsc::channel();
+    let writer = Arc::clone(&log);
+    let thread = std::thread::spawn(move || {
+        let _ = tx.send(writer.sync_here());
+    });
+    wait_until("the writer's fdatasync in flight", || fs.held_syncs() >= 1);
+    assert!(synced.try_recv().is_err(), "returned before its fdatasync");
+    assert_eq!(log.next_offset(), 0, "visible before its fdatasync");
     fs.hold_syncs(false);
-    assert_eq!(fired.recv_timeout(DEADLINE).unwrap(), ("pending", true));
-    assert!(log.next_offset() >= appended.next, "visible when it ran");
+    synced.recv_timeout(DEADLINE).unwrap().unwrap();
+    thread.join().unwrap();
+    assert_eq!(log.next_offset(), 2);
+    assert_eq!(log.read(1).unwrap(), b"two");
 
-    // A failed fsync: the waiting callback gets the error, and so does
-    // one registered afterwards.
     fs.set_faults(Faults {
         sync: true,
         ..Faults::default()
     });
-    let appended = log.append_batch_nowait(&[b"lost"]).unwrap();
-    log.on_durable(appended.next, callback("failed"));
-    assert_eq!(fired.recv_timeout(DEADLINE).unwrap(), ("failed", false));
-    log.on_durable(appended.next, callback("late"));
-    assert_eq!(fired.try_recv().unwrap(), ("late", false));
+    log.append_batch_unsynced(&[b"lost"]).unwrap();
+    assert!(matches!(log.sync_here(), Err(LogError::SyncFailed)));
+    assert!(log.is_failed());
+    assert_eq!(log.next_offset(), 2, "the unsynced record stays invisible");
+    assert!(matches!(
+        log.append_batch_unsynced(&[b"after"]),
+        Err(LogError::SyncFailed)
+    ));
 }
