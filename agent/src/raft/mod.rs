@@ -31,6 +31,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod codec;
+mod data_writer;
 pub mod hops;
 pub mod log_store;
 mod log_writer;
@@ -85,6 +86,26 @@ pub enum Request {
         /// The most producers remembered.
         max: u64,
     },
+}
+
+impl Request {
+    /// Bytes of the records it carries (what it costs in memory and on
+    /// disk beyond a small overhead).
+    pub fn record_bytes(&self) -> usize {
+        match self {
+            Request::Append { records, .. } => records.iter().map(Vec::len).sum(),
+            Request::Batch(requests) => requests.iter().map(Request::record_bytes).sum(),
+            Request::Retain { .. } | Request::ProducerLimit { .. } => 0,
+        }
+    }
+}
+
+/// Bytes of the records an entry carries.
+fn entry_bytes(payload: &openraft::EntryPayload<TypeConfig>) -> usize {
+    match payload {
+        openraft::EntryPayload::Normal(req) => req.record_bytes(),
+        _ => 0,
+    }
 }
 
 /// What applying a [`Request`] answered.

@@ -6,9 +6,7 @@
 
 use std::collections::VecDeque;
 
-use openraft::EntryPayload;
-
-use super::{Entry, Request};
+use super::Entry;
 
 /// The most entries kept.
 const MAX_ENTRIES: usize = 4096;
@@ -25,20 +23,8 @@ pub(super) struct RecentEntries {
     bytes: usize,
 }
 
-fn request_bytes(req: &Request) -> usize {
-    match req {
-        Request::Append { records, .. } => records.iter().map(Vec::len).sum(),
-        Request::Batch(requests) => requests.iter().map(request_bytes).sum(),
-        _ => 0,
-    }
-}
-
 fn entry_bytes(entry: &Entry) -> usize {
-    ENTRY_OVERHEAD
-        + match &entry.payload {
-            EntryPayload::Normal(req) => request_bytes(req),
-            _ => 0,
-        }
+    ENTRY_OVERHEAD + super::entry_bytes(&entry.payload)
 }
 
 impl RecentEntries {
@@ -115,9 +101,10 @@ impl RecentEntries {
 
 #[cfg(test)]
 mod tests {
-    use openraft::{CommittedLeaderId, LogId};
+    use openraft::{CommittedLeaderId, EntryPayload, LogId};
 
     use super::*;
+    use crate::raft::Request;
 
     fn entry(index: u64, size: usize) -> Entry {
         Entry {

@@ -6,20 +6,29 @@
 //! log does not fsync: on open it is cut back to the last snapshot, and
 //! openraft applies the committed entries after it again from the Raft log.
 //!
+//! An apply is CPU work on openraft's state-machine task: it assigns
+//! offsets and updates the producer table in memory, answers, and queues
+//! its disk work (the record writes, retention's removals) for the data
+//! log's writer thread ([`super::data_writer`]), which does it in apply
+//! order. The records are durable already (in the Raft log); the data log
+//! is how they are read.
+//!
 //! Reads never wait for applies: the data log sits in an `ArcSwap` (a
 //! snapshot install swaps in a fully opened new log), the lowest offset is
-//! an atomic, and the next applied offset is a watch channel (the
-//! watermark) that lives as long as the state machine, so consumers keep
-//! waiting on it across installs. The applied-state mutex is taken only by
-//! apply, snapshot builds and installs, and the disk work of apply runs on
-//! a blocking thread (openraft awaits each apply, so order is kept).
+//! an atomic, and the next written offset is a watch channel (the
+//! watermark, moved by the writer) that lives as long as the state
+//! machine, so consumers keep waiting on it across installs. A read of an
+//! offset applied but not yet written waits for the writer (a produce's
+//! answer can reach its client before its records are written). The
+//! applied-state mutex is taken only by apply, snapshot builds and
+//! installs.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -27,11 +36,14 @@ use openraft::{
     StoredMembership,
 };
 
+use super::data_writer::DataWriter;
 use super::hops::{HopClock, Stage};
 use super::producers::Verdict;
 use super::snapshot::{AppliedState, SnapshotDir};
 use super::transfer::SnapshotData;
-use super::{io_error, Entry, LogId, Member, Request, Response, StorageError, TypeConfig};
+use super::{
+    entry_bytes, io_error, Entry, LogId, Member, Request, Response, StorageError, TypeConfig,
+};
 use crate::log::{Log, LogConfig, LogError, SyncPolicy};
 use crate::server::CommitError;
 
@@ -71,9 +83,17 @@ struct Shared {
     applied: Mutex<Applied>,
     /// Mirror of `applied.state.lowest` for reads.
     lowest: AtomicU64,
-    /// The next applied offset (mirror of `applied.state.next_offset`),
-    /// published after each apply and install. It outlives data-log swaps.
-    watermark: watch::Sender<u64>,
+    /// Mirror of `applied.state.next_offset`: records below it are
+    /// applied, perhaps not yet written.
+    applied_next: AtomicU64,
+    /// Does the data log's disk work in apply order; its watermark (the
+    /// next written offset, moved by the writer and by installs) outlives
+    /// data-log swaps. A failed writer makes applies fail (fatal to
+    /// openraft) and the reads that wait for it.
+    writer: DataWriter,
+    /// Bytes of records queued for the writer, bounded so that a slow disk
+    /// slows applies down instead of filling memory.
+    room: Arc<Semaphore>,
     snapshots: SnapshotDir,
     /// Serializes snapshot builds and installs; `true` once closed, after
     /// which they fail instead of touching the directory.
@@ -94,6 +114,18 @@ fn sm_error(e: impl std::error::Error + 'static) -> StorageError {
 
 fn snapshot_error(e: impl std::error::Error + 'static) -> StorageError {
     io_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, e)
+}
+
+/// Bytes of records the writer's queue holds at most.
+const WRITER_ROOM: u32 = 16 << 20;
+
+/// Disk work an apply leaves for the writer, in order.
+#[derive(Debug)]
+enum DataOp {
+    /// Append the records that were given offsets from `start` on.
+    Write { start: u64, records: Vec<Vec<u8>> },
+    /// Remove what lies below `lowest`.
+    Retain { lowest: u64 },
 }
 
 impl StateMachine {
@@ -146,13 +178,16 @@ impl StateMachine {
                 std::fs::remove_dir_all(&path).map_err(io(&path))?;
             }
         }
+        let writer = DataWriter::start(applied.state.next_offset).map_err(io(dir))?;
         Ok(StateMachine {
             shared: Arc::new(Shared {
                 dir: dir.to_path_buf(),
                 config,
                 data: ArcSwap::from_pointee(data),
                 lowest: AtomicU64::new(applied.state.lowest),
-                watermark: watch::Sender::new(applied.state.next_offset),
+                applied_next: AtomicU64::new(applied.state.next_offset),
+                writer,
+                room: Arc::new(Semaphore::new(WRITER_ROOM as usize)),
                 applied: Mutex::new(applied),
                 snapshots,
                 snapshotting: tokio::sync::Mutex::new(false),
@@ -174,14 +209,18 @@ impl StateMachine {
     /// core stopped; this keeps it from racing the next owner of the dir.
     pub async fn close(&self) -> Result<(), LogError> {
         *self.shared.snapshotting.lock().await = true;
-        let data = self.data();
-        // Closing seals (syncs) the active segment: a blocking thread's job.
-        tokio::task::spawn_blocking(move || data.close())
-            .await
-            .map_err(|e| LogError::Io {
-                path: self.shared.dir.clone(),
-                source: std::io::Error::other(e),
-            })?
+        let this = self.clone();
+        // Closing seals (syncs) the active segment: a blocking thread's
+        // job, after the writer's.
+        tokio::task::spawn_blocking(move || {
+            this.shared.writer.drain();
+            this.data().close()
+        })
+        .await
+        .map_err(|e| LogError::Io {
+            path: self.shared.dir.clone(),
+            source: std::io::Error::other(e),
+        })?
     }
 
     /// The current data log (for retention's view of its segments and for
@@ -197,29 +236,66 @@ impl StateMachine {
         self.shared.lowest.load(Ordering::Acquire)
     }
 
-    /// The offset the next applied record gets: records below it are
-    /// applied and readable (from the lowest offset on).
+    /// The offset after the last readable record: records below it are
+    /// applied, written and readable (from the lowest offset on).
     pub fn next_offset(&self) -> u64 {
-        *self.shared.watermark.borrow()
+        self.shared.writer.progress().next()
     }
 
-    /// A receiver of the next applied offset, updated after every apply and
-    /// snapshot install. Unlike a data log's own watch, it survives the
-    /// data log being replaced by an install, so consumers waiting at the
-    /// end of the log keep receiving.
+    /// A receiver of the next readable offset, updated after every write
+    /// of applied records and every snapshot install. Unlike a data log's
+    /// own watch, it survives the data log being replaced by an install,
+    /// so consumers waiting at the end of the log keep receiving.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.shared.watermark.subscribe()
+        self.shared.writer.progress().subscribe()
+    }
+
+    /// Why the data log failed (a write or sync, or its writer), if it
+    /// did: the state machine refuses applies from then on.
+    pub fn failure(&self) -> Option<String> {
+        let writer = self.shared.writer.progress().failure();
+        writer.or_else(|| {
+            self.data()
+                .is_failed()
+                .then(|| "the data log failed a write or sync".to_string())
+        })
+    }
+
+    /// Holds the writer (before anything queued after this call) until the
+    /// returned sender is dropped.
+    #[cfg(test)]
+    pub(crate) fn stall_writer(&self) -> std::sync::mpsc::SyncSender<()> {
+        let (release, stalled) = std::sync::mpsc::sync_channel::<()>(0);
+        self.shared.writer.submit(Box::new(move |_| {
+            let _ = stalled.recv();
+        }));
+        release
+    }
+
+    /// The data log once everything applied so far is written.
+    #[cfg(test)]
+    pub(crate) fn written(&self) -> Arc<Log> {
+        self.shared.writer.drain();
+        self.data()
     }
 
     /// Reads the applied record at `offset` without waiting for applies,
-    /// builds or installs. Offsets outside `lowest..next` are
+    /// builds or installs (an applied record the writer has not written
+    /// yet is waited for: microseconds). Offsets outside `lowest..next` are
     /// [`CommitError::OutOfRange`] with the bounds checked against (two
     /// atomic loads, no disk I/O); one that retention removed between the
     /// check and the read gets the bounds as they are then. A read that
     /// raced an install and hit the closed old log is retried on the new
     /// one (same offsets, same records: the log is replicated).
     pub fn read(&self, offset: u64) -> Result<Vec<u8>, CommitError> {
-        let (lowest, next) = (self.lowest_offset(), self.next_offset());
+        let applied_next = || self.shared.applied_next.load(Ordering::Acquire);
+        let next = self
+            .shared
+            .writer
+            .progress()
+            .wait_past(offset, applied_next)
+            .map_err(|why| CommitError::Unavailable(format!("the data log failed: {why}")))?;
+        let lowest = self.lowest_offset();
         if offset < lowest || offset >= next {
             return Err(CommitError::OutOfRange {
                 offset,
@@ -243,15 +319,14 @@ impl StateMachine {
         }
     }
 
-    /// Publishes the applied bounds to readers.
+    /// Publishes the bounds of a state whose records are all written (an
+    /// install's) to readers.
     fn publish(&self, state: &AppliedState) {
         self.shared.lowest.store(state.lowest, Ordering::Release);
-        let next = state.next_offset;
-        self.shared.watermark.send_if_modified(|v| {
-            let changed = *v != next;
-            *v = next;
-            changed
-        });
+        self.shared
+            .applied_next
+            .store(state.next_offset, Ordering::Release);
+        self.shared.writer.progress().publish(state.next_offset);
     }
 
     /// Holds the applied-state lock (as a slow apply would), for tests
@@ -277,29 +352,33 @@ impl StateMachine {
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    fn apply_request(&self, applied: &mut Applied, req: Request) -> Result<Response, LogError> {
+    fn apply_request(
+        &self,
+        applied: &mut Applied,
+        req: Request,
+        ops: &mut Vec<DataOp>,
+    ) -> Response {
         match req {
             // A lone append (as entries from before batching hold) is a
             // batch of one, which answers it once.
             append @ Request::Append { .. } => {
-                let answers = self.apply_batch(applied, vec![append])?;
-                Ok(answers.into_iter().next().unwrap_or(Response::Empty))
+                let answers = self.apply_batch(applied, vec![append], ops);
+                answers.into_iter().next().unwrap_or(Response::Empty)
             }
-            Request::Batch(requests) => self.apply_batch(applied, requests).map(Response::Batch),
+            Request::Batch(requests) => Response::Batch(self.apply_batch(applied, requests, ops)),
             Request::Retain { lowest } => {
-                let data = self.data();
                 let lowest = lowest
                     .min(applied.state.next_offset)
                     .max(applied.state.lowest);
                 // Readers see the new bound before the files go.
                 self.shared.lowest.store(lowest, Ordering::Release);
-                data.truncate_prefix(lowest)?;
+                ops.push(DataOp::Retain { lowest });
                 applied.state.lowest = lowest;
-                Ok(Response::Retained { lowest })
+                Response::Retained { lowest }
             }
             Request::ProducerLimit { max } => {
                 applied.state.producers.set_limit(max);
-                Ok(Response::Empty)
+                Response::Empty
             }
         }
     }
@@ -314,10 +393,8 @@ impl StateMachine {
         &self,
         applied: &mut Applied,
         requests: Vec<Request>,
-    ) -> Result<Vec<Response>, LogError> {
-        let data = self.data();
-        // The applied next offset: the data log's own `next_offset` is its
-        // visible watermark, which may lag what the last apply wrote.
+        ops: &mut Vec<DataOp>,
+    ) -> Vec<Response> {
         let mut start = applied.state.next_offset;
         let mut records: Vec<Vec<u8>> = Vec::new();
         let mut answers = Vec::with_capacity(requests.len());
@@ -331,9 +408,8 @@ impl StateMachine {
                 // The propose loop batches appends only; anything else is
                 // applied in order, after the records before it.
                 other => {
-                    write_batch(&data, applied, start, &records)?;
-                    records.clear();
-                    answers.push(self.apply_request(applied, other)?);
+                    write_batch(ops, applied, start, std::mem::take(&mut records));
+                    answers.push(self.apply_request(applied, other, ops));
                     start = applied.state.next_offset;
                     continue;
                 }
@@ -356,8 +432,8 @@ impl StateMachine {
                 count,
             });
         }
-        write_batch(&data, applied, start, &records)?;
-        Ok(answers)
+        write_batch(ops, applied, start, records);
+        answers
     }
 
     /// Builds a snapshot of everything applied. Under the applied-state
@@ -373,6 +449,9 @@ impl StateMachine {
             let snapshots = &this.shared.snapshots;
             let (meta, state, building, data) = {
                 let applied = this.lock_applied();
+                // The data log holds everything applied once the writer
+                // is done; no apply can queue more while the lock is held.
+                this.shared.writer.drain();
                 let data = this.data();
                 let building = snapshots
                     .link(data.dir(), &data.segments())
@@ -414,29 +493,39 @@ impl StateMachine {
     }
 }
 
-/// Appends the records a batch accepted, which were given offsets from
-/// `start` on.
-fn write_batch(
-    data: &Log,
-    applied: &mut Applied,
-    start: u64,
-    records: &[Vec<u8>],
-) -> Result<(), LogError> {
+/// Queues the write of the records a batch accepted, which were given
+/// offsets from `start` on, and moves the applied next offset past them.
+fn write_batch(ops: &mut Vec<DataOp>, applied: &mut Applied, start: u64, records: Vec<Vec<u8>>) {
     if records.is_empty() {
-        return Ok(());
-    }
-    let first = data.append_batch(records)?;
-    if first != start {
-        // Never expected: only applies write the data log, in order.
-        return Err(LogError::Io {
-            path: data.dir().to_path_buf(),
-            source: std::io::Error::other(format!(
-                "the data log appended a batch at offset {first}, the state machine \
-                 answered from offset {start}"
-            )),
-        });
+        return;
     }
     applied.state.next_offset = start + records.len() as u64;
+    ops.push(DataOp::Write { start, records });
+}
+
+/// Does an apply's disk work on `data`.
+fn write_ops(data: &Log, ops: Vec<DataOp>) -> Result<(), LogError> {
+    for op in ops {
+        match op {
+            DataOp::Write { start, records } => {
+                let first = data.append_batch(&records)?;
+                if first != start {
+                    // Never expected: only the writer writes the data log,
+                    // in apply order.
+                    return Err(LogError::Io {
+                        path: data.dir().to_path_buf(),
+                        source: std::io::Error::other(format!(
+                            "the data log appended a batch at offset {first}, the state \
+                             machine answered from offset {start}"
+                        )),
+                    });
+                }
+            }
+            DataOp::Retain { lowest } => {
+                data.truncate_prefix(lowest)?;
+            }
+        }
+    }
     Ok(())
 }
 
@@ -490,19 +579,43 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             _ => 0..0,
         };
         self.hops.stamp(indexes.clone(), Stage::Apply);
-        let (this, stamped) = (self.clone(), indexes.clone());
-        // The data writes (and the fsync of a segment that rolls over) run
-        // on a blocking thread; openraft awaits this before the next apply.
-        let replies = tokio::task::spawn_blocking(move || {
-            this.hops.stamp(stamped.clone(), Stage::ApplyStart);
-            let replies = this.apply_blocking(entries);
-            this.hops.stamp(stamped, Stage::ApplyEnd);
-            replies
-        })
-        .await
-        .map_err(|e| sm_error(std::io::Error::other(e)))?;
+        if let Some(why) = self.failure() {
+            let failed = std::io::Error::other(why);
+            return Err(sm_error(failed));
+        }
+        // Room in the writer's queue for these records, held until written.
+        let bytes: usize = entries.iter().map(|e| entry_bytes(&e.payload)).sum();
+        let want = bytes.clamp(1, WRITER_ROOM as usize) as u32;
+        let room = Arc::clone(&self.shared.room)
+            .acquire_many_owned(want)
+            .await
+            .map_err(|e| sm_error(std::io::Error::other(e)))?;
+        self.hops.stamp(indexes.clone(), Stage::ApplyStart);
+        let (replies, ops, next) = self.apply_in_memory(entries);
+        self.hops.stamp(indexes.clone(), Stage::ApplyEnd);
+        if !ops.is_empty() {
+            // The log applied to now: an install drains the queue before
+            // it swaps in another.
+            let data = self.data();
+            let queued = self.shared.writer.submit(Box::new(move |progress| {
+                let result = write_ops(&data, ops);
+                drop(room);
+                match result {
+                    Ok(()) => progress.publish(next),
+                    Err(e) => {
+                        tracing::error!(dir = %data.dir().display(), error = %e,
+                            "writing the data log failed; the state machine refuses applies");
+                        progress.fail(e.to_string());
+                    }
+                }
+            }));
+            if !queued {
+                let gone = std::io::Error::other("the data log's writer thread is gone");
+                return Err(sm_error(gone));
+            }
+        }
         self.hops.stamp(indexes, Stage::Applied);
-        replies
+        Ok(replies)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -553,30 +666,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 }
 
 impl StateMachine {
-    /// Applies entries in order under the applied-state lock, then
-    /// publishes the new bounds (also after a failure, for what was
-    /// applied: a failure is fatal to openraft anyway).
-    fn apply_blocking(&self, entries: Vec<Entry>) -> Result<Vec<Response>, StorageError> {
+    /// Applies entries in order under the applied-state lock (in memory):
+    /// their answers, the disk work they leave for the writer, and the
+    /// applied next offset after them.
+    fn apply_in_memory(&self, entries: Vec<Entry>) -> (Vec<Response>, Vec<DataOp>, u64) {
         let mut replies = Vec::with_capacity(entries.len());
+        let mut ops = Vec::new();
         // Applied in place under the lock: cloning the producer table per
         // entry batch would cost more than the append.
         let mut guard = self.lock_applied();
         let applied = &mut *guard;
-        let mut result = Ok(());
         for entry in entries {
             let reply = match entry.payload {
                 EntryPayload::Blank => Response::Empty,
-                EntryPayload::Normal(req) => match self.apply_request(applied, req) {
-                    Ok(reply) => reply,
-                    Err(e) => {
-                        result = Err(io_error(
-                            ErrorSubject::Apply(entry.log_id),
-                            ErrorVerb::Write,
-                            e,
-                        ));
-                        break;
-                    }
-                },
+                EntryPayload::Normal(req) => self.apply_request(applied, req, &mut ops),
                 EntryPayload::Membership(m) => {
                     applied.membership = StoredMembership::new(Some(entry.log_id), m);
                     Response::Empty
@@ -585,8 +688,9 @@ impl StateMachine {
             applied.last_applied = Some(entry.log_id);
             replies.push(reply);
         }
-        self.publish(&applied.state);
-        result.map(|()| replies)
+        let next = applied.state.next_offset;
+        self.shared.applied_next.store(next, Ordering::Release);
+        (replies, ops, next)
     }
 
     /// Makes a received snapshot current and replaces the data log with
@@ -648,6 +752,8 @@ impl StateMachine {
         let data = Log::open(&data_dir, self.shared.config.clone()).map_err(sm_error)?;
         let previous = {
             let mut applied = self.lock_applied();
+            // Nothing may still be on its way to the old log.
+            self.shared.writer.drain();
             let previous = self.shared.data.swap(Arc::new(data));
             *applied = Applied {
                 last_applied: file.meta.last_log_id,

@@ -86,7 +86,7 @@ async fn offsets_are_dense_across_blank_and_membership_entries() {
             count: 1
         }
     );
-    assert_eq!(sm.data().read(2).unwrap(), b"c");
+    assert_eq!(sm.written().read(2).unwrap(), b"c");
     assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(1, 4)));
 }
 
@@ -103,7 +103,7 @@ async fn a_retried_sequence_appends_once_also_after_a_restart() {
         .await
         .unwrap();
     assert_eq!(first, retry);
-    assert_eq!(sm.data().next_offset(), 2);
+    assert_eq!(sm.written().next_offset(), 2);
     sm.get_snapshot_builder()
         .await
         .build_snapshot()
@@ -117,7 +117,7 @@ async fn a_retried_sequence_appends_once_also_after_a_restart() {
 
     let mut sm = StateMachine::open(dir.path(), small()).unwrap();
     assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(1, 1)));
-    assert_eq!(sm.data().next_offset(), 2, "cut back to the snapshot");
+    assert_eq!(sm.written().next_offset(), 2, "cut back to the snapshot");
     let replay = sm
         .apply(vec![entry(2, append(&[b"z"], Some(("p", 1))))])
         .await
@@ -134,7 +134,7 @@ async fn a_retried_sequence_appends_once_also_after_a_restart() {
         .await
         .unwrap();
     assert_eq!(again, first, "the producer table survived in the snapshot");
-    assert_eq!(sm.data().next_offset(), 3);
+    assert_eq!(sm.written().next_offset(), 3);
 }
 
 #[tokio::test]
@@ -203,10 +203,10 @@ async fn retention_drops_old_records_on_apply() {
     assert_eq!(reply, vec![Response::Retained { lowest: 60 }]);
     assert_eq!(sm.lowest_offset(), 60);
     assert!(
-        sm.data().lowest_offset() <= 60 && sm.data().lowest_offset() > 0,
+        sm.written().lowest_offset() <= 60 && sm.data().lowest_offset() > 0,
         "whole segments went"
     );
-    assert_eq!(sm.data().read(60).unwrap(), records[60]);
+    assert_eq!(sm.written().read(60).unwrap(), records[60]);
 }
 
 #[tokio::test]
@@ -276,7 +276,7 @@ async fn a_batch_entry_answers_each_request_in_order() {
         ])]
     );
     // The accepted records are in the data log, in order, each once.
-    let logged: Vec<Vec<u8>> = (0..4).map(|o| sm.data().read(o).unwrap()).collect();
+    let logged: Vec<Vec<u8>> = (0..4).map(|o| sm.written().read(o).unwrap()).collect();
     assert_eq!(logged, [&b"a"[..], b"b", b"c", b"d"]);
 
     // A request that is not an append (the propose loop never batches one)
@@ -300,7 +300,7 @@ async fn a_batch_entry_answers_each_request_in_order() {
         ])]
     );
     assert_eq!(sm.lowest_offset(), 2);
-    assert_eq!(sm.data().read(5).unwrap(), b"f");
+    assert_eq!(sm.written().read(5).unwrap(), b"f");
 }
 
 #[tokio::test]

@@ -189,7 +189,7 @@ async fn reads_while_applies_roll_segments_and_snapshots_build_are_all_correct()
     stop_tx.send(()).unwrap();
     let checked = reads.join().expect("every read was correct");
     assert!(checked > 0);
-    assert!(sm.data().segments().len() > 100, "segments rolled");
+    assert!(sm.written().segments().len() > 100, "segments rolled");
     for o in 0..BATCHES * PER_BATCH {
         assert_eq!(sm.read(o).unwrap(), value(o));
     }
@@ -412,7 +412,10 @@ async fn a_snapshot_read_while_the_data_log_rolls_and_retains_yields_its_frozen_
     // segment (dropping its pre-written tail) and rolls many times, and
     // retention deletes the oldest segments.
     apply_batches_then_retain(&mut leader, 40, 150).await;
-    assert!(leader.data().lowest_offset() > 0, "segments were deleted");
+    assert!(
+        leader.written().lowest_offset() > 0,
+        "segments were deleted"
+    );
 
     // Read the way openraft sends it: seek to the end, then chunks by
     // position (here backwards, to exercise seeking).
@@ -687,7 +690,7 @@ async fn a_snapshot_in_transfer_survives_a_newer_snapshot_and_retention_removing
     let newer = leader.get_current_snapshot().await.unwrap().unwrap();
     assert_ne!(newer.meta.snapshot_id, served.meta.snapshot_id);
     assert!(
-        leader.data().segments()[0].base >= 50,
+        leader.written().segments()[0].base >= 50,
         "every segment of the old snapshot was deleted"
     );
     // The transfer in progress still yields the old snapshot whole, and
@@ -707,4 +710,93 @@ async fn a_snapshot_in_transfer_survives_a_newer_snapshot_and_retention_removing
     for o in 0..50 {
         assert_eq!(follower.read(o).unwrap(), value(o));
     }
+}
+
+/// An apply answers before its records are written (the writer thread
+/// writes them); the watermark waits for the write, and a read of an
+/// answered offset waits for it too instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_of_an_answered_offset_waits_for_its_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = StateMachine::open(dir.path(), tiny()).unwrap();
+    sm.apply(vec![entry(0, append(values(0, 5)))])
+        .await
+        .unwrap();
+    assert_eq!(sm.read(4).unwrap(), value(4));
+
+    let release = sm.stall_writer();
+    let replies = sm
+        .apply(vec![entry(1, append(values(5, 40)))])
+        .await
+        .unwrap();
+    assert_eq!(
+        replies,
+        vec![Response::Appended {
+            first_offset: 5,
+            count: 35
+        }]
+    );
+    assert_eq!(
+        sm.next_offset(),
+        5,
+        "the watermark passed unwritten records"
+    );
+    let reader = sm.clone();
+    let (tx, read) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(reader.read(39));
+    });
+    assert!(
+        read.recv_timeout(Duration::from_millis(200)).is_err(),
+        "read a record before it was written"
+    );
+    drop(release);
+    assert_eq!(read.recv_timeout(DEADLINE).unwrap().unwrap(), value(39));
+    assert_eq!(sm.next_offset(), 40);
+    assert!(matches!(
+        sm.read(40),
+        Err(CommitError::OutOfRange { next: 40, .. })
+    ));
+}
+
+/// A write the writer fails: the reads waiting for it get an error, not a
+/// hang, and the state machine refuses the next apply (openraft stops).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_fails_its_readers_and_the_next_apply() {
+    use crate::log::fs::{Faults, SimFs};
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SimFs::new();
+    let config = LogConfig {
+        fs: std::sync::Arc::new(disk.clone()),
+        ..tiny()
+    };
+    let mut sm = StateMachine::open(dir.path(), config).unwrap();
+    sm.apply(vec![entry(0, append(values(0, 2)))])
+        .await
+        .unwrap();
+    let _written = sm.written();
+    disk.set_faults(Faults {
+        write: true,
+        ..Faults::default()
+    });
+    sm.apply(vec![entry(1, append(values(2, 4)))])
+        .await
+        .unwrap();
+    let reader = sm.clone();
+    let read = tokio::task::spawn_blocking(move || reader.read(3));
+    let read = tokio::time::timeout(DEADLINE, read)
+        .await
+        .expect("the read hung")
+        .unwrap();
+    assert!(matches!(read, Err(CommitError::Unavailable(_))), "{read:?}");
+    assert!(sm.failure().is_some());
+    assert!(sm
+        .apply(vec![entry(2, append(values(4, 5)))])
+        .await
+        .is_err());
+    assert_eq!(
+        sm.read(1).unwrap(),
+        value(1),
+        "written records stay readable"
+    );
 }

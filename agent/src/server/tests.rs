@@ -95,7 +95,7 @@ impl Node {
         self.connect(Some(self.tls(user))).await.unwrap()
     }
 
-    async fn connect(&self, tls: Option<Tls>) -> Result<Client, Error> {
+    pub(super) async fn connect(&self, tls: Option<Tls>) -> Result<Client, Error> {
         Client::connect(Target::Tcp {
             addr: self.agent.rpc_addr().to_string(),
             tls,

@@ -27,9 +27,7 @@ pub(super) fn failure_of(raft: &Raft<TypeConfig>, sm: &StateMachine) -> Option<S
     if let Err(fatal) = &raft.metrics().borrow().running_state {
         return Some(format!("raft stopped: {fatal}"));
     }
-    sm.data()
-        .is_failed()
-        .then(|| "the data log failed a write or sync".to_string())
+    sm.failure()
 }
 
 /// Logs each new leader with its term, and watches for the node failing
