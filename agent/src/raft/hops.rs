@@ -28,9 +28,11 @@ pub const HOPS: [&str; 7] = [
     // Flushed until the state machine is asked to apply it: the commit
     // (with peers, their write, fsync and answer) and openraft's dispatch.
     "commit",
-    // To the apply's blocking thread and back.
+    // Waiting for room in the data writer's queue and for the
+    // applied-state lock (the apply runs on openraft's task; no hand-off).
     "apply_handoff",
-    // The apply itself: the data log write and the producer table.
+    // The apply itself: offsets and the producer table, in memory (the
+    // data log write follows on the data writer's thread).
     "apply",
     // Applied until the proposer holds the answer.
     "answer",
@@ -47,9 +49,9 @@ pub(crate) enum Stage {
     Flushed,
     /// The state machine's apply was called with it.
     Apply,
-    /// Its apply began on the blocking thread.
+    /// Its apply began (room queued for, lock taken).
     ApplyStart,
-    /// Its apply ended on the blocking thread.
+    /// Its apply ended (answers ready, writes queued).
     ApplyEnd,
     /// The state machine's apply returned.
     Applied,
