@@ -13,6 +13,7 @@
 //! before, so a state machine dropped and reopened never meets its old
 //! writes.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -111,7 +112,16 @@ impl DataWriter {
         let seen = Arc::clone(&progress);
         let thread = std::thread::Builder::new()
             .name("proglog-datalog".into())
-            .spawn(move || queue.into_iter().for_each(|job| job(&seen)))?;
+            .spawn(move || {
+                for job in queue {
+                    // A panic is a bug; the readers waiting for this job's
+                    // records hear of it instead of waiting for good.
+                    let ran = std::panic::catch_unwind(AssertUnwindSafe(|| job(&seen)));
+                    if ran.is_err() {
+                        seen.fail("the data log's writer panicked".into());
+                    }
+                }
+            })?;
         Ok(DataWriter {
             jobs: Some(jobs),
             thread: Some(thread),
@@ -124,11 +134,17 @@ impl DataWriter {
         &self.progress
     }
 
-    /// Queues `job`; `false` if the thread is gone (it panicked).
+    /// Queues `job`; `false` (and the writer failed) if the thread is gone.
     pub fn submit(&self, job: Job) -> bool {
-        self.jobs
+        let queued = self
+            .jobs
             .as_ref()
-            .is_some_and(|jobs| jobs.send(job).is_ok())
+            .is_some_and(|jobs| jobs.send(job).is_ok());
+        if !queued {
+            self.progress
+                .fail("the data log's writer thread is gone".into());
+        }
+        queued
     }
 
     /// Blocks until every job queued before this call has run (at once if

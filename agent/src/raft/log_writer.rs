@@ -21,7 +21,7 @@ use openraft::storage::LogFlushed;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::hops::{HopClock, Stage};
-use super::TypeConfig;
+use super::{queue_room, TypeConfig};
 use crate::log::{Log, LogError, SyncPolicy};
 
 /// The most jobs the thread takes from its queue before it syncs.
@@ -107,8 +107,7 @@ impl LogWriter {
         hops: Arc<HopClock>,
     ) {
         let bytes: usize = records.iter().map(Vec::len).sum();
-        let want = bytes.clamp(1, self.room_bytes as usize) as u32;
-        let Ok(room) = Arc::clone(&self.room).acquire_many_owned(want).await else {
+        let Ok(room) = queue_room(&self.room, bytes, self.room_bytes).await else {
             callback.log_io_completed(Err(std::io::Error::other(LogError::Closed)));
             return;
         };

@@ -100,6 +100,21 @@ impl Request {
     }
 }
 
+/// A permit for `bytes` (at most `max`) of a writer queue's room: at once
+/// when there is room (no await, so no yield to tokio's task budget),
+/// else once the writer has made room.
+async fn queue_room(
+    room: &std::sync::Arc<tokio::sync::Semaphore>,
+    bytes: usize,
+    max: u32,
+) -> Result<tokio::sync::OwnedSemaphorePermit, tokio::sync::AcquireError> {
+    let want = bytes.clamp(1, max as usize) as u32;
+    match std::sync::Arc::clone(room).try_acquire_many_owned(want) {
+        Ok(permit) => Ok(permit),
+        Err(_) => std::sync::Arc::clone(room).acquire_many_owned(want).await,
+    }
+}
+
 /// Bytes of the records an entry carries.
 fn entry_bytes(payload: &openraft::EntryPayload<TypeConfig>) -> usize {
     match payload {

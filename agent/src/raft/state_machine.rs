@@ -42,7 +42,8 @@ use super::producers::Verdict;
 use super::snapshot::{AppliedState, SnapshotDir};
 use super::transfer::SnapshotData;
 use super::{
-    entry_bytes, io_error, Entry, LogId, Member, Request, Response, StorageError, TypeConfig,
+    entry_bytes, io_error, queue_room, Entry, LogId, Member, Request, Response, StorageError,
+    TypeConfig,
 };
 use crate::log::{Log, LogConfig, LogError, SyncPolicy};
 use crate::server::CommitError;
@@ -585,9 +586,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         // Room in the writer's queue for these records, held until written.
         let bytes: usize = entries.iter().map(|e| entry_bytes(&e.payload)).sum();
-        let want = bytes.clamp(1, WRITER_ROOM as usize) as u32;
-        let room = Arc::clone(&self.shared.room)
-            .acquire_many_owned(want)
+        let room = queue_room(&self.shared.room, bytes, WRITER_ROOM)
             .await
             .map_err(|e| sm_error(std::io::Error::other(e)))?;
         self.hops.stamp(indexes.clone(), Stage::ApplyStart);
