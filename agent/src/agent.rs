@@ -222,8 +222,12 @@ impl Agent {
         };
         let unix = match &config.unix_socket {
             Some(path) => Some(
-                Unix::bind(path, config.unix_mode().expect("validated"))
-                    .map_err(io_err(format!("binding unix socket {}", path.display())))?,
+                Unix::bind(
+                    path,
+                    config.unix_mode().expect("validated"),
+                    config.connection_limits().expect("validated"),
+                )
+                .map_err(io_err(format!("binding unix socket {}", path.display())))?,
             ),
             None => None,
         };

@@ -187,7 +187,8 @@ pub struct AgentFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace_sample_ratio: Option<f64>,
-    /// Most TCP connections open at once on the RPC port (default 4096).
+    /// Most TCP connections open at once on the RPC port, and as many on
+    /// the Unix socket (default 4096).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u64>,

@@ -157,7 +157,8 @@ pub struct Config {
     /// elsewhere keeps its caller's decision.
     pub trace_sample_ratio: f64,
     /// Most TCP connections open at once on the RPC port (client and peer
-    /// together, handshakes included); one more is closed at once.
+    /// together, handshakes included); one more is closed at once. The
+    /// Unix socket has as many places again, of its own.
     pub max_connections: u64,
     /// Most HTTP/2 streams (calls) open at once on one connection; the
     /// client is told so in the HTTP/2 settings and queues the rest.

@@ -290,6 +290,50 @@ async fn unix_socket_serves_without_tls_as_its_subject() {
     drop(other);
 }
 
+/// The Unix socket has its own `max_connections` places: while they are
+/// all held a new connection is closed at once, and a place given back is
+/// taken by the next client.
+#[tokio::test]
+async fn unix_socket_connections_past_max_connections_are_closed() {
+    let socket = tempfile::tempdir().unwrap();
+    let path = socket.path().join("proglog.sock");
+    let node = Node::start(|c| {
+        c.unix_socket = Some(path.clone());
+        c.unix_socket_subject = Some("root".into());
+        c.max_connections = 2;
+    })
+    .await;
+    let connect = || async { Client::connect(Target::Unix(path.clone())).await };
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = connect().await.unwrap();
+        c.servers().await.unwrap();
+        held.push(c);
+    }
+    let mut extra = tokio::net::UnixStream::connect(&path).await.unwrap();
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut extra, &mut byte),
+    )
+    .await
+    .expect("a third connection stayed open");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    // TCP clients are not counted against the socket's places.
+    node.client("root").await.servers().await.unwrap();
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(mut c) = connect().await {
+            if c.servers().await.is_ok() {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "a freed place was never taken");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn record_limits_empty_records_and_batches() {
     let node = Node::start(|c| c.max_record_bytes = 1000).await;

@@ -29,8 +29,9 @@ use tonic::transport::server::Connected;
 /// `first_byte_timeout`, `handshake_timeout`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// TCP connections open at once, handshakes included; one more is
-    /// closed as soon as it is accepted.
+    /// Connections open at once, handshakes included (the RPC port and the
+    /// Unix socket count theirs apart); one more is closed as soon as it
+    /// is accepted.
     pub max_connections: usize,
     /// HTTP/2 streams open at once per connection (announced in SETTINGS).
     pub max_concurrent_streams: u32,

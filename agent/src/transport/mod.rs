@@ -113,16 +113,21 @@ pub struct PlainTcp {
 }
 
 /// A Unix domain socket for the co-located app; removes its file on drop.
+/// It has places of its own, `limits.max_connections` of them (none kept
+/// for peers, who never come this way): one more connection is closed as
+/// soon as it is accepted.
 pub struct Unix {
     /// The bound listener.
     pub listener: UnixListener,
     /// The socket file.
     pub path: PathBuf,
+    /// The connection count limit.
+    pub limits: Limits,
 }
 
 impl Unix {
     /// Binds `path` (replacing a stale socket file) with file mode `mode`.
-    pub fn bind(path: &Path, mode: u32) -> io::Result<Unix> {
+    pub fn bind(path: &Path, mode: u32, limits: Limits) -> io::Result<Unix> {
         use std::os::unix::fs::{FileTypeExt, PermissionsExt};
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             if !meta.file_type().is_socket() {
@@ -138,6 +143,7 @@ impl Unix {
         Ok(Unix {
             listener,
             path: path.to_path_buf(),
+            limits,
         })
     }
 }
@@ -296,10 +302,11 @@ impl Transport for PlainTcp {
 }
 
 impl Transport for Unix {
-    type Io = UnixStream;
+    type Io = Conn<UnixStream>;
 
     fn incoming(self, cancel: CancellationToken) -> ReceiverStream<io::Result<Self::Io>> {
         let (tx, rx) = mpsc::channel(128);
+        let slots = self.limits.connection_slots();
         tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -308,7 +315,15 @@ impl Transport for Unix {
                 };
                 match accepted {
                     Ok((sock, _)) => {
-                        if tx.send(Ok(sock)).await.is_err() {
+                        let permit = Permit::try_take(&slots).filter(|p| !p.peers_only());
+                        let Some(permit) = permit else {
+                            debug!(
+                                limit = self.limits.max_connections,
+                                "unix socket connection refused: max_connections reached"
+                            );
+                            continue;
+                        };
+                        if tx.send(Ok(Conn::new(sock, permit))).await.is_err() {
                             break;
                         }
                     }
