@@ -11,9 +11,10 @@
 //!
 //! Storage: the Raft log is a WAL of its own ([`log_store`]; one thread,
 //! [`log_writer`], writes and syncs it with group commit, and acknowledges
-//! an entry to openraft through its flush callback once a sync covers it). The state machine ([`state_machine`])
-//! applies record entries to a second WAL, the data log, assigning dense
-//! offsets at apply time. The data log does not fsync: after a restart it
+//! an entry to openraft through its flush callback once a sync covers
+//! it). The state machine ([`state_machine`]) applies record entries to a
+//! second WAL, the data log, assigning dense offsets at apply time (one
+//! thread, [`data_writer`], writes them behind the apply). The data log does not fsync: after a restart it
 //! is cut back to the last snapshot and the committed entries after it are
 //! applied again from the durable Raft log, which appends the same records
 //! at the same offsets (replay is idempotent). Each record is thus fsynced
