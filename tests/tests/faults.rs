@@ -48,12 +48,32 @@ fn wait_caught_up(cluster: &ProcessCluster, i: usize, offset: u64) {
     eventually(
         &format!("node{i} to catch up to offset {offset}"),
         Duration::from_secs(60),
-        || {
-            let from = offset.to_string();
-            let out = client("consume", &cluster.conn(i), &["--from", &from], "");
-            (out.status.success() && !out.stdout.is_empty()).then_some(())
-        },
+        || serves(cluster, i, offset).then_some(()),
     );
+}
+
+/// Whether node `i` serves the record at `offset`: one read of that record
+/// (not a read to the end, which the running producer keeps moving).
+fn serves(cluster: &ProcessCluster, i: usize, offset: u64) -> bool {
+    use proglog_client::{Client, Target};
+    let target = Target::Tcp {
+        addr: cluster.addr(i),
+        tls: Some(cluster.root_tls()),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let read = async {
+            let mut client = Client::connect(target).await.ok()?;
+            client.consume(offset).await.ok()
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), read).await,
+            Ok(Some(_))
+        )
+    })
 }
 
 #[test]
