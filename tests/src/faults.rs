@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use proglog_client::{ClusterClient, ClusterConfig};
+use proglog_client::{ClusterClient, ClusterConfig, Target};
 
 use crate::{eventually, ProcessCluster};
 
@@ -220,23 +220,33 @@ impl Drop for Producer {
     }
 }
 
+/// Runs `call` to its end on a runtime of its own, with the target of node
+/// `i` (its RPC address, mutual TLS as root): one client call from a
+/// synchronous test.
+pub fn on_node<F, T>(cluster: &ProcessCluster, i: usize, call: impl FnOnce(Target) -> F) -> T
+where
+    F: std::future::Future<Output = T>,
+{
+    let target = Target::Tcp {
+        addr: cluster.addr(i),
+        tls: Some(cluster.root_tls()),
+    };
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(call(target))
+}
+
 /// Node `i`'s whole log as `(offset, value)`, streamed from offset 0 from
 /// that node alone (ConsumeStream; the end is where nothing arrives for a
 /// second and a Consume there answers OUT_OF_RANGE); `None` if the node did
 /// not answer or a value is not UTF-8. Meant for a quiet cluster (the
 /// producer stopped).
 pub fn read_log(cluster: &ProcessCluster, i: usize) -> Option<Vec<(u64, String)>> {
-    use proglog_client::{Client, Target};
+    use proglog_client::Client;
     use tokio_stream::StreamExt;
-    let target = Target::Tcp {
-        addr: cluster.addr(i),
-        tls: Some(cluster.root_tls()),
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async move {
+    on_node(cluster, i, |target| async move {
         let connect = tokio::time::timeout(Duration::from_secs(5), Client::connect(target));
         let mut client = connect.await.ok()?.ok()?;
         let mut stream = client.consume_stream(0).await.ok()?;

@@ -18,8 +18,8 @@
 use std::time::{Duration, Instant};
 
 use proglog_tests::faults::{
-    agreed_leader, check_logs, env_or, is_root, newest_store, tear_last_entry, Netns, Producer,
-    Rng, Tmpfs,
+    agreed_leader, check_logs, env_or, is_root, newest_store, on_node, tear_last_entry, Netns,
+    Producer, Rng, Tmpfs,
 };
 use proglog_tests::{client, eventually, ProcessCluster};
 
@@ -55,18 +55,9 @@ fn wait_caught_up(cluster: &ProcessCluster, i: usize, offset: u64) {
 /// Whether node `i` serves the record at `offset`: one read of that record
 /// (not a read to the end, which the running producer keeps moving).
 fn serves(cluster: &ProcessCluster, i: usize, offset: u64) -> bool {
-    use proglog_client::{Client, Target};
-    let target = Target::Tcp {
-        addr: cluster.addr(i),
-        tls: Some(cluster.root_tls()),
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async move {
+    on_node(cluster, i, |target| async move {
         let read = async {
-            let mut client = Client::connect(target).await.ok()?;
+            let mut client = proglog_client::Client::connect(target).await.ok()?;
             client.consume(offset).await.ok()
         };
         matches!(
@@ -130,28 +121,21 @@ fn produce_on(
     value: &str,
     timeout: Duration,
 ) -> Result<u64, String> {
-    use proglog_client::{Client, Target};
-    let target = Target::Tcp {
-        addr: cluster.addr(i),
-        tls: Some(cluster.root_tls()),
-    };
     let value = value.to_string();
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async move {
-            let call = async {
-                let mut c = Client::connect(target).await.map_err(|e| e.to_string())?;
-                c.produce(value).await.map_err(|e| match e {
-                    proglog_client::Error::Status(s) => format!("{:?}: {}", s.code(), s.message()),
-                    other => other.to_string(),
-                })
-            };
-            tokio::time::timeout(timeout, call)
+    on_node(cluster, i, |target| async move {
+        let call = async {
+            let mut c = proglog_client::Client::connect(target)
                 .await
-                .unwrap_or_else(|_| Err("no answer in time".into()))
-        })
+                .map_err(|e| e.to_string())?;
+            c.produce(value).await.map_err(|e| match e {
+                proglog_client::Error::Status(s) => format!("{:?}: {}", s.code(), s.message()),
+                other => other.to_string(),
+            })
+        };
+        tokio::time::timeout(timeout, call)
+            .await
+            .unwrap_or_else(|_| Err("no answer in time".into()))
+    })
 }
 
 #[test]
