@@ -12,6 +12,15 @@
 
 use prost::Message;
 
+/// Fields decoded as `bytes::Bytes` (a slice of the received buffer, no
+/// copy): record values, which then travel as they are through Raft to the
+/// WAL, and the peers' payloads.
+const BYTES_FIELDS: &[&str] = &[
+    ".log.v1.Record.value",
+    ".raft.v1.Payload.data",
+    ".raft.v1.ForwardRequest.records",
+];
+
 /// Rust paths of each package's messages, for the server-only pass.
 const PACKAGES: &[(&str, &str)] = &[
     (".log.v1", "crate::v1"),
@@ -27,7 +36,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let servers = out.join("server");
     std::fs::create_dir_all(&servers)?;
     for descriptors in [public, peers] {
-        tonic_prost_build::configure()
+        BYTES_FIELDS
+            .iter()
+            .fold(tonic_prost_build::configure(), |config, field| {
+                config.bytes(field)
+            })
             .build_client(true)
             .build_server(false)
             .compile_fds(descriptors.clone())?;

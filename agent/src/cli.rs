@@ -292,7 +292,7 @@ pub async fn consume(
 /// Prints a follow stream's records, keeping `next` one past the last
 /// printed, until the stream fails or ends; returns why it stopped.
 async fn print_stream(
-    mut stream: impl tokio_stream::Stream<Item = Result<(u64, Vec<u8>), Error>> + Unpin,
+    mut stream: impl tokio_stream::Stream<Item = Result<(u64, proglog_client::Bytes), Error>> + Unpin,
     out: &mut impl Write,
     json: bool,
     next: &mut u64,

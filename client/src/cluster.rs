@@ -26,7 +26,7 @@
 //! let seeds = vec!["10.0.0.1:8400".to_string()];
 //! let client = ClusterClient::connect(ClusterConfig::new(seeds, Some(tls))).await?;
 //! let offset = client.produce("hello").await?; // to the leader, exactly once
-//! assert_eq!(client.consume(offset).await?, b"hello"); // from a follower
+//! assert_eq!(client.consume(offset).await?, "hello"); // from a follower
 //! let mut records = client.consume_stream(0); // resumes across failovers
 //! while let Some((offset, value)) = records.next().await.transpose()? {
 //!     println!("{offset}: {}", String::from_utf8_lossy(&value));
@@ -51,7 +51,7 @@ use tonic::transport::channel::Change;
 use tonic::transport::Channel;
 use tonic::Code;
 
-use crate::{endpoint, unix_channel, Client, Error, Result, Target, Tls};
+use crate::{endpoint, unix_channel, Bytes, Client, Error, Result, Target, Tls};
 
 /// How to reach a cluster.
 #[derive(Debug, Clone)]
@@ -385,7 +385,7 @@ impl ClusterClient {
 
     /// Appends `value` through the leader, exactly once (see the module
     /// docs); returns its offset.
-    pub async fn produce(&self, value: impl Into<Vec<u8>>) -> Result<u64> {
+    pub async fn produce(&self, value: impl Into<Bytes>) -> Result<u64> {
         let sequence = self.inner.sequence.fetch_add(1, Ordering::Relaxed);
         let value = value.into();
         let producer_id = self.inner.producer_id.clone();
@@ -408,7 +408,11 @@ impl ClusterClient {
 
     /// Appends `values` contiguously through the leader, exactly once;
     /// returns the first offset.
-    pub async fn produce_batch(&self, values: Vec<Vec<u8>>) -> Result<u64> {
+    pub async fn produce_batch<V: Into<Bytes>>(
+        &self,
+        values: impl IntoIterator<Item = V>,
+    ) -> Result<u64> {
+        let values: Vec<Bytes> = values.into_iter().map(Into::into).collect();
         let sequence = self.inner.sequence.fetch_add(1, Ordering::Relaxed);
         let producer_id = self.inner.producer_id.clone();
         self.with_retries(
@@ -440,7 +444,7 @@ impl ClusterClient {
     /// Reads the record at `offset` from a follower (round robin; the
     /// leader when there is none). A follower may lag: a record just
     /// written can be `OUT_OF_RANGE` there for a moment.
-    pub async fn consume(&self, offset: u64) -> Result<Vec<u8>> {
+    pub async fn consume(&self, offset: u64) -> Result<Bytes> {
         let turn = self.inner.turn.fetch_add(1, Ordering::Relaxed);
         self.with_retries(
             |s, attempt| pick_reader(s, turn + attempt).map(str::to_string),
@@ -489,7 +493,7 @@ impl ClusterClient {
     pub fn consume_stream(
         &self,
         offset: u64,
-    ) -> impl Stream<Item = Result<(u64, Vec<u8>)>> + Send + Unpin + use<> {
+    ) -> impl Stream<Item = Result<(u64, Bytes)>> + Send + Unpin + use<> {
         let (tx, rx) = mpsc::channel(256);
         let this = self.clone();
         tokio::spawn(async move {

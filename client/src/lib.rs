@@ -26,6 +26,9 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 pub mod cluster;
 pub mod diagnose;
 
+/// Record values: a cheaply cloned, shared byte buffer (`Vec<u8>`,
+/// `&'static [u8]` and `String` convert into it without a copy).
+pub use bytes::Bytes;
 pub use cluster::{ClusterClient, ClusterConfig, Role};
 pub use diagnose::diagnose;
 pub use proglog_proto as proto;
@@ -186,7 +189,7 @@ impl Client {
     }
 
     /// Appends one record; returns its offset once it is durable.
-    pub async fn produce(&mut self, value: impl Into<Vec<u8>>) -> Result<u64> {
+    pub async fn produce(&mut self, value: impl Into<Bytes>) -> Result<u64> {
         let req = ProduceRequest {
             record: Some(Record {
                 value: value.into(),
@@ -198,12 +201,15 @@ impl Client {
     }
 
     /// Appends records contiguously; returns the first offset.
-    pub async fn produce_batch(&mut self, values: Vec<Vec<u8>>) -> Result<u64> {
+    pub async fn produce_batch<V: Into<Bytes>>(
+        &mut self,
+        values: impl IntoIterator<Item = V>,
+    ) -> Result<u64> {
         let req = ProduceBatchRequest {
             records: values
                 .into_iter()
                 .map(|value| Record {
-                    value,
+                    value: value.into(),
                     ..Record::default()
                 })
                 .collect(),
@@ -213,7 +219,7 @@ impl Client {
     }
 
     /// Reads the record at `offset`.
-    pub async fn consume(&mut self, offset: u64) -> Result<Vec<u8>> {
+    pub async fn consume(&mut self, offset: u64) -> Result<Bytes> {
         let resp = self.rpc.consume(ConsumeRequest { offset }).await?;
         Ok(resp.into_inner().record.unwrap_or_default().value)
     }
@@ -223,7 +229,7 @@ impl Client {
     pub async fn consume_stream(
         &mut self,
         offset: u64,
-    ) -> Result<impl Stream<Item = Result<(u64, Vec<u8>)>> + Send + Unpin + use<>> {
+    ) -> Result<impl Stream<Item = Result<(u64, Bytes)>> + Send + Unpin + use<>> {
         let stream = self
             .rpc
             .consume_stream(ConsumeRequest { offset })

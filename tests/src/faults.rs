@@ -253,7 +253,9 @@ pub fn read_log(cluster: &ProcessCluster, i: usize) -> Option<Vec<(u64, String)>
         let mut log = Vec::new();
         loop {
             match tokio::time::timeout(Duration::from_secs(1), stream.next()).await {
-                Ok(Some(Ok((offset, value)))) => log.push((offset, String::from_utf8(value).ok()?)),
+                Ok(Some(Ok((offset, value)))) => {
+                    log.push((offset, String::from_utf8(value.to_vec()).ok()?))
+                }
                 Ok(_) => return None,
                 Err(_) => break,
             }

@@ -83,7 +83,7 @@ fn a_client_with_one_seed_rides_out_a_leader_sigkill_without_appending_twice() {
         let mut stream = client.consume_stream(0);
         for (offset, value) in &acked {
             let (o, got) = stream.next().await.expect("stream open").unwrap();
-            assert_eq!((o, got.as_slice()), (*offset, value.as_bytes()));
+            assert_eq!((o, &got[..]), (*offset, value.as_bytes()));
         }
         let mut generated = LogClient::new(client.channel(Role::Readers));
         let last = generated
@@ -91,7 +91,7 @@ fn a_client_with_one_seed_rides_out_a_leader_sigkill_without_appending_twice() {
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(last.record.unwrap().value, b"record-999");
+        assert_eq!(last.record.unwrap().value, &b"record-999"[..]);
         // Past the end, on any reader: OUT_OF_RANGE.
         match client.consume(1000).await {
             Err(proglog_client::Error::Status(s)) => {

@@ -115,7 +115,7 @@ fn a_produce_sent_to_a_follower_is_one_trace_across_follower_and_leader() {
         .unwrap();
         let mut request = tonic::Request::new(ProduceRequest {
             record: Some(Record {
-                value: b"traced".to_vec(),
+                value: b"traced"[..].into(),
                 ..Record::default()
             }),
             ..ProduceRequest::default()

@@ -279,7 +279,7 @@ mod seeds {
         use openraft::{CommittedLeaderId, EntryPayload, Membership};
         let log_id = |term, index| LogId::new(CommittedLeaderId::new(term, 1), index);
         let append = Request::Append {
-            records: vec![b"a".to_vec(), vec![]],
+            records: vec![bytes::Bytes::from_static(b"a"), bytes::Bytes::new()],
             producer: Some(("p".into(), 7)),
             at_ms: 1,
         };

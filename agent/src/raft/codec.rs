@@ -55,3 +55,71 @@ pub fn decode_msg<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
         Some((&other, _)) => Err(DecodeError::Version(other)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use serde::{Deserialize, Serialize};
+
+    use crate::raft::Request;
+
+    /// [`Request`] as builds before records became `Bytes` declared it:
+    /// what their Raft logs and peers hold.
+    #[derive(Debug, Serialize, Deserialize)]
+    enum RequestWithVecs {
+        Append {
+            records: Vec<Vec<u8>>,
+            producer: Option<(String, u64)>,
+            at_ms: u64,
+        },
+        Batch(Vec<RequestWithVecs>),
+        Retain {
+            lowest: u64,
+        },
+        ProducerLimit {
+            max: u64,
+        },
+    }
+
+    #[test]
+    fn records_as_bytes_keep_the_format_of_records_as_vecs() {
+        let old = RequestWithVecs::Batch(vec![
+            RequestWithVecs::Append {
+                records: vec![b"ab".to_vec(), Vec::new()],
+                producer: Some(("p".into(), 7)),
+                at_ms: 9,
+            },
+            RequestWithVecs::Retain { lowest: 3 },
+            RequestWithVecs::ProducerLimit { max: 5 },
+        ]);
+        let new = Request::Batch(vec![
+            Request::Append {
+                records: vec![Bytes::from_static(b"ab"), Bytes::new()],
+                producer: Some(("p".into(), 7)),
+                at_ms: 9,
+            },
+            Request::Retain { lowest: 3 },
+            Request::ProducerLimit { max: 5 },
+        ]);
+        let written = super::encode_msg(&old);
+        assert_eq!(super::encode_msg(&new), written);
+        assert_eq!(super::decode_msg::<Request>(&written).unwrap(), new);
+        // The Append itself, byte by byte: variant, record count, each
+        // record's length and bytes, producer, clock (bincode's fixed-width
+        // little-endian integers).
+        let mut expected = vec![super::VERSION, 0, 0, 0, 0];
+        expected.extend(2u64.to_le_bytes());
+        expected.extend(2u64.to_le_bytes());
+        expected.extend(b"ab");
+        expected.extend(0u64.to_le_bytes());
+        expected.push(1);
+        expected.extend(1u64.to_le_bytes());
+        expected.extend(b"p");
+        expected.extend(7u64.to_le_bytes());
+        expected.extend(9u64.to_le_bytes());
+        let Request::Batch(requests) = new else {
+            unreachable!()
+        };
+        assert_eq!(super::encode_msg(&requests[0]), expected);
+    }
+}

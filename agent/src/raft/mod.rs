@@ -49,6 +49,7 @@ mod tests;
 #[cfg(test)]
 mod tests_storage;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 pub use log_store::LogStore;
@@ -61,7 +62,7 @@ pub enum Request {
     /// Append records contiguously (Produce, ProduceBatch).
     Append {
         /// The record values.
-        records: Vec<Vec<u8>>,
+        records: Vec<Bytes>,
         /// Idempotent producer identity and sequence, if any.
         producer: Option<(String, u64)>,
         /// The leader's wall clock when it proposed the entry, in ms. The
@@ -94,11 +95,38 @@ impl Request {
     /// disk beyond a small overhead).
     pub fn record_bytes(&self) -> usize {
         match self {
-            Request::Append { records, .. } => records.iter().map(Vec::len).sum(),
+            Request::Append { records, .. } => records.iter().map(Bytes::len).sum(),
             Request::Batch(requests) => requests.iter().map(Request::record_bytes).sum(),
             Request::Retain { .. } | Request::ProducerLimit { .. } => 0,
         }
     }
+}
+
+/// Below this many record bytes, a request's records are copied into one
+/// buffer of their own as they enter the Raft path.
+const OWN_BELOW: usize = 4 << 10;
+
+/// The records of a request as the Raft path keeps them (queued, in the
+/// recent entries, until applied and replicated). Records arrive as slices
+/// of the buffer their request was received in (no copy), and each keeps
+/// that whole buffer alive: at least 8 KiB per request, whatever its size.
+/// Small requests are therefore copied into one allocation sized to them;
+/// larger ones keep their slices, which then pin at most about twice their
+/// size.
+fn own_records(records: Vec<Bytes>) -> Vec<Bytes> {
+    let total: usize = records.iter().map(Bytes::len).sum();
+    if total >= OWN_BELOW {
+        return records;
+    }
+    let mut own = bytes::BytesMut::with_capacity(total);
+    for record in &records {
+        own.extend_from_slice(record);
+    }
+    let mut own = own.freeze();
+    records
+        .iter()
+        .map(|record| own.split_to(record.len()))
+        .collect()
 }
 
 /// A permit for `bytes` (at most `max`) of a writer queue's room: at once

@@ -37,6 +37,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use openraft::network::RaftNetworkFactory;
 use openraft::storage::RaftLogStorage;
 use openraft::{Raft, SnapshotPolicy};
@@ -408,7 +409,7 @@ impl RaftNode {
     /// a loop).
     pub fn append_local(
         &self,
-        records: Vec<Vec<u8>>,
+        records: Vec<Bytes>,
         producer: Producer,
         deadline: Instant,
     ) -> Ordered {
@@ -420,7 +421,8 @@ impl RaftNode {
                 return Err(CommitError::Unavailable(why));
             }
             let named = producer.clone();
-            let bytes: usize = records.iter().map(Vec::len).sum();
+            let records = super::own_records(records);
+            let bytes: usize = records.iter().map(Bytes::len).sum();
             let request = Request::Append {
                 records,
                 producer,
@@ -495,7 +497,7 @@ impl CommitLog for RaftNode {
     /// `produce_timeout`; after it, or at once when the node failed,
     /// UNAVAILABLE. A forwarded append is ordered only once the leader
     /// answered, so a stream through a follower has one in flight.
-    fn append(&self, records: Vec<Vec<u8>>, producer: Producer) -> Ordered {
+    fn append(&self, records: Vec<Bytes>, producer: Producer) -> Ordered {
         let deadline = Instant::now() + self.produce_timeout;
         let node = self.clone();
         Box::pin(async move {
@@ -580,7 +582,7 @@ fn read_applied(
     caught_up: &AtomicBool,
     offset: u64,
     max: usize,
-) -> Result<Vec<Vec<u8>>, CommitError> {
+) -> Result<Vec<Bytes>, CommitError> {
     let first = match sm.read(offset) {
         Err(CommitError::OutOfRange { lowest, .. })
             if offset >= lowest && !caught_up.load(Ordering::Acquire) =>

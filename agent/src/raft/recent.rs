@@ -110,7 +110,7 @@ mod tests {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
             payload: EntryPayload::Normal(Request::Append {
-                records: vec![vec![index as u8; size]],
+                records: vec![vec![index as u8; size].into()],
                 producer: None,
                 at_ms: 0,
             }),

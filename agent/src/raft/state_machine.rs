@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use tokio::sync::{watch, Semaphore};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -124,7 +125,7 @@ const WRITER_ROOM: u32 = 16 << 20;
 #[derive(Debug)]
 enum DataOp {
     /// Append the records that were given offsets from `start` on.
-    Write { start: u64, records: Vec<Vec<u8>> },
+    Write { start: u64, records: Vec<Bytes> },
     /// Remove what lies below `lowest`.
     Retain { lowest: u64 },
 }
@@ -288,7 +289,7 @@ impl StateMachine {
     /// check and the read gets the bounds as they are then. A read that
     /// raced an install and hit the closed old log is retried on the new
     /// one (same offsets, same records: the log is replicated).
-    pub fn read(&self, offset: u64) -> Result<Vec<u8>, CommitError> {
+    pub fn read(&self, offset: u64) -> Result<Bytes, CommitError> {
         let applied_next = || self.shared.applied_next.load(Ordering::Acquire);
         let next = self
             .shared
@@ -315,7 +316,7 @@ impl StateMachine {
                         next: self.next_offset(),
                     })
                 }
-                other => return other.map_err(CommitError::from),
+                other => return other.map(Bytes::from).map_err(CommitError::from),
             }
         }
     }
@@ -397,7 +398,7 @@ impl StateMachine {
         ops: &mut Vec<DataOp>,
     ) -> Vec<Response> {
         let mut start = applied.state.next_offset;
-        let mut records: Vec<Vec<u8>> = Vec::new();
+        let mut records: Vec<Bytes> = Vec::new();
         let mut answers = Vec::with_capacity(requests.len());
         for request in requests {
             let (more, producer, at_ms) = match request {
@@ -496,7 +497,7 @@ impl StateMachine {
 
 /// Queues the write of the records a batch accepted, which were given
 /// offsets from `start` on, and moves the applied next offset past them.
-fn write_batch(ops: &mut Vec<DataOp>, applied: &mut Applied, start: u64, records: Vec<Vec<u8>>) {
+fn write_batch(ops: &mut Vec<DataOp>, applied: &mut Applied, start: u64, records: Vec<Bytes>) {
     if records.is_empty() {
         return;
     }

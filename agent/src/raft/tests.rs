@@ -1,6 +1,7 @@
 //! openraft's storage suite on our log store and state machine, and the
 //! offset and idempotence rules of the state machine.
 
+use bytes::Bytes;
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{CommittedLeaderId, EntryPayload, Membership, RaftSnapshotBuilder};
@@ -47,7 +48,7 @@ pub(super) fn entry(index: u64, payload: EntryPayload<TypeConfig>) -> Entry {
 
 fn append(records: &[&[u8]], producer: Option<(&str, u64)>) -> EntryPayload<TypeConfig> {
     EntryPayload::Normal(Request::Append {
-        records: records.iter().map(|r| r.to_vec()).collect(),
+        records: records.iter().map(|r| Bytes::copy_from_slice(r)).collect(),
         producer: producer.map(|(p, s)| (p.to_string(), s)),
         at_ms: 1,
     })
@@ -86,7 +87,7 @@ async fn offsets_are_dense_across_blank_and_membership_entries() {
             count: 1
         }
     );
-    assert_eq!(sm.written().read(2).unwrap(), b"c");
+    assert_eq!(sm.written().read(2).unwrap(), &b"c"[..]);
     assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(1, 4)));
 }
 
@@ -300,7 +301,7 @@ async fn a_batch_entry_answers_each_request_in_order() {
         ])]
     );
     assert_eq!(sm.lowest_offset(), 2);
-    assert_eq!(sm.written().read(5).unwrap(), b"f");
+    assert_eq!(sm.written().read(5).unwrap(), &b"f"[..]);
 }
 
 #[tokio::test]
@@ -402,5 +403,40 @@ async fn queued_entries_are_readable_and_flushed_only_once_synced() {
     assert_eq!(
         store.try_get_log_entries(0..5001).await.unwrap()[1..],
         expected[..]
+    );
+}
+
+/// Whether `part` lies inside `whole`'s memory.
+fn within(part: &Bytes, whole: &Bytes) -> bool {
+    let range = whole.as_ptr_range();
+    range.start <= part.as_ptr() && part.as_ptr() < range.end
+}
+
+#[test]
+fn small_requests_are_copied_off_their_receive_buffer_and_large_ones_are_not() {
+    // A receive buffer, and records sliced from it as prost decodes them.
+    let received = Bytes::from((0..16_384u32).map(|i| i as u8).collect::<Vec<_>>());
+    let small = vec![
+        received.slice(10..110),
+        received.slice(200..200),
+        received.slice(300..350),
+    ];
+    let owned = super::own_records(small.clone());
+    assert_eq!(owned, small);
+    for record in owned.iter().filter(|r| !r.is_empty()) {
+        assert!(
+            !within(record, &received),
+            "a small record still pins the receive buffer"
+        );
+    }
+    // One allocation for the request: the records are contiguous in it.
+    assert_eq!(owned[0].as_ptr_range().end, owned[2].as_ptr());
+
+    let large = vec![received.slice(0..3000), received.slice(5000..7000)];
+    let kept = super::own_records(large.clone());
+    assert_eq!(kept, large);
+    assert!(
+        kept.iter().all(|r| within(r, &received)),
+        "a large request was copied"
     );
 }

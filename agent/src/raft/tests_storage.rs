@@ -6,6 +6,7 @@
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::{CommittedLeaderId, EntryPayload, RaftSnapshotBuilder};
 
@@ -31,7 +32,7 @@ fn log_id(index: u64) -> LogId {
     openraft::LogId::new(CommittedLeaderId::new(1, 1), index)
 }
 
-fn append(records: Vec<Vec<u8>>) -> EntryPayload<TypeConfig> {
+fn append(records: Vec<Bytes>) -> EntryPayload<TypeConfig> {
     EntryPayload::Normal(Request::Append {
         records,
         producer: None,
@@ -40,11 +41,11 @@ fn append(records: Vec<Vec<u8>>) -> EntryPayload<TypeConfig> {
 }
 
 /// The record every test stores at `offset`.
-fn value(offset: u64) -> Vec<u8> {
-    format!("record-{offset:06}").into_bytes()
+fn value(offset: u64) -> Bytes {
+    Bytes::from(format!("record-{offset:06}"))
 }
 
-fn values(from: u64, to: u64) -> Vec<Vec<u8>> {
+fn values(from: u64, to: u64) -> Vec<Bytes> {
     (from..to).map(value).collect()
 }
 
@@ -68,7 +69,7 @@ async fn apply_batches_then_retain(sm: &mut StateMachine, batches: u64, lowest: 
 
 /// Reads `from..to` on a consumer's terms: waits on the watermark at the
 /// end of the log (as the server's ConsumeStream does), then reads.
-async fn consume(sm: StateMachine, mut from: u64, to: u64) -> Vec<Vec<u8>> {
+async fn consume(sm: StateMachine, mut from: u64, to: u64) -> Vec<Bytes> {
     let mut watermark = sm.subscribe();
     let mut got = Vec::new();
     while from < to {

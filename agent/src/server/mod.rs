@@ -15,6 +15,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use proglog_proto::log_server::Log as LogRpc;
 use proglog_proto::{
     ConsumeRequest, ConsumeResponse, GetServersRequest, GetServersResponse, ProduceBatchRequest,
@@ -93,7 +94,7 @@ pub type Durable = Pin<Box<dyn Future<Output = Result<(u64, u64), CommitError>> 
 pub type Ordered = Pin<Box<dyn Future<Output = Result<Durable, CommitError>> + Send>>;
 
 /// Resolves to records read from the log (see [`CommitLog::read`]).
-pub type Reading = Pin<Box<dyn Future<Output = Result<Vec<Vec<u8>>, CommitError>> + Send>>;
+pub type Reading = Pin<Box<dyn Future<Output = Result<Vec<Bytes>, CommitError>> + Send>>;
 
 /// What the gRPC service needs from storage.
 pub trait CommitLog: Send + Sync + 'static {
@@ -105,7 +106,7 @@ pub trait CommitLog: Send + Sync + 'static {
     /// before appending the next batch, and `Durable` later, pipelines a
     /// stream of appends without reordering it. With a `producer`, a
     /// sequence already applied answers with its original offsets.
-    fn append(&self, records: Vec<Vec<u8>>, producer: Producer) -> Ordered;
+    fn append(&self, records: Vec<Bytes>, producer: Producer) -> Ordered;
     /// Reads committed records from `offset` on: the one at `offset` (or
     /// the error that it cannot be read: [`CommitError::OutOfRange`] with
     /// the bounds when it is not held) and those after it, up to `max`
@@ -163,7 +164,7 @@ impl LogService {
     }
 
     /// Validates a ProduceRequest; returns its record's value and producer.
-    fn check_produce(&self, req: ProduceRequest) -> Result<(Vec<u8>, Producer), Status> {
+    fn check_produce(&self, req: ProduceRequest) -> Result<(Bytes, Producer), Status> {
         let record = req
             .record
             .ok_or_else(|| Status::invalid_argument("ProduceRequest.record is missing"))?;

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use proglog_client::{retained_range, Client, Error, Target, Tls};
+use proglog_client::{retained_range, Bytes, Client, Error, Target, Tls};
 use proglog_proto::{ProduceBatchRequest, ProduceRequest, Record};
 use tokio::io::AsyncWriteExt;
 use tokio_stream::StreamExt;
@@ -126,8 +126,8 @@ async fn produce_then_consume_returns_the_record() {
     let mut c = node.client("root").await;
     assert_eq!(c.produce("hello world").await.unwrap(), 0);
     assert_eq!(c.produce("second").await.unwrap(), 1);
-    assert_eq!(c.consume(0).await.unwrap(), b"hello world");
-    assert_eq!(c.consume(1).await.unwrap(), b"second");
+    assert_eq!(c.consume(0).await.unwrap(), &b"hello world"[..]);
+    assert_eq!(c.consume(1).await.unwrap(), &b"second"[..]);
 }
 
 #[tokio::test]
@@ -152,7 +152,9 @@ async fn consume_past_the_end_is_out_of_range() {
 async fn produce_stream_and_consume_stream_keep_order() {
     let node = Node::start(|_| {}).await;
     let mut c = node.client("root").await;
-    let values: Vec<Vec<u8>> = (0..20u8).map(|i| vec![b'a' + i; 1 + i as usize]).collect();
+    let values: Vec<Bytes> = (0..20u8)
+        .map(|i| vec![b'a' + i; 1 + i as usize].into())
+        .collect();
     let mut replies = produce_stream(&mut c, values.clone()).await;
     for expected in 0..20u64 {
         assert_eq!(replies.next().await.unwrap().unwrap().offset, expected);
@@ -170,7 +172,7 @@ async fn produce_stream_and_consume_stream_keep_order() {
         .expect("stream woke up")
         .unwrap()
         .unwrap();
-    assert_eq!((offset, got.as_slice()), (20, &b"late"[..]));
+    assert_eq!((offset, &got[..]), (20, &b"late"[..]));
 }
 
 #[tokio::test]
@@ -191,7 +193,7 @@ async fn consume_stream_crosses_read_batches_by_count_and_by_bytes() {
             .unwrap()
             .unwrap();
         assert_eq!(offset, i as u64);
-        assert!(&got == value, "record {i} differs");
+        assert!(got == value, "record {i} differs");
     }
     assert_eq!(c.consume(604).await.unwrap(), values[604]);
 }
@@ -204,7 +206,7 @@ async fn nobody_is_denied_produce_and_consume() {
     assert_eq!(code(c.produce("x").await), Code::PermissionDenied);
     assert_eq!(code(c.consume(0).await), Code::PermissionDenied);
     assert_eq!(
-        code(c.produce_batch(vec![b"x".to_vec()]).await),
+        code(c.produce_batch(vec![Bytes::from_static(b"x")]).await),
         Code::PermissionDenied
     );
     let stream = c.consume_stream(0).await;
@@ -268,7 +270,7 @@ async fn unix_socket_serves_without_tls_as_its_subject() {
     assert_eq!(c.produce("via unix").await.unwrap(), 0);
     assert_eq!(
         node.client("root").await.consume(0).await.unwrap(),
-        b"via unix"
+        &b"via unix"[..]
     );
     // The cluster client in its Unix socket mode: the one agent.
     let cluster =
@@ -276,7 +278,7 @@ async fn unix_socket_serves_without_tls_as_its_subject() {
             .await
             .unwrap();
     assert_eq!(cluster.produce("cluster client").await.unwrap(), 1);
-    assert_eq!(cluster.consume(1).await.unwrap(), b"cluster client");
+    assert_eq!(cluster.consume(1).await.unwrap(), &b"cluster client"[..]);
     assert_eq!(cluster.servers().len(), 1);
 
     let denied_path = socket.path().join("nobody.sock");
@@ -348,7 +350,7 @@ async fn record_limits_empty_records_and_batches() {
     );
     assert_eq!(c.produce(vec![0u8; 1000]).await.unwrap(), 0);
     assert_eq!(c.produce(Vec::new()).await.unwrap(), 1);
-    assert_eq!(c.consume(1).await.unwrap(), b"");
+    assert_eq!(c.consume(1).await.unwrap(), &b""[..]);
     let empty = c
         .rpc()
         .produce_batch(ProduceBatchRequest::default())
@@ -361,11 +363,12 @@ async fn record_limits_empty_records_and_batches() {
         .await
         .unwrap();
     assert_eq!(first, 2);
-    assert_eq!(c.consume(4).await.unwrap(), b"c");
+    assert_eq!(c.consume(4).await.unwrap(), &b"c"[..]);
     let missing = c.rpc().produce(ProduceRequest::default()).await;
     assert_eq!(missing.unwrap_err().code(), Code::InvalidArgument);
     // In a stream, the oversized record fails in its turn, after the good one.
-    let mut replies = produce_stream(&mut c, vec![vec![1u8; 10], vec![2u8; 1001]]).await;
+    let mut replies =
+        produce_stream(&mut c, vec![vec![1u8; 10].into(), vec![2u8; 1001].into()]).await;
     assert_eq!(replies.next().await.unwrap().unwrap().offset, 5);
     assert_eq!(
         replies.next().await.unwrap().unwrap_err().code(),
@@ -481,7 +484,7 @@ async fn after_a_failed_sync_produce_fails_without_hanging_and_health_is_not_ser
         started.elapsed()
     );
     // Records acknowledged before the fault stay readable.
-    assert_eq!(c.consume(0).await.unwrap(), b"before");
+    assert_eq!(c.consume(0).await.unwrap(), &b"before"[..]);
 }
 
 #[tokio::test]
@@ -498,7 +501,7 @@ async fn produce_without_a_cluster_is_unavailable_after_produce_timeout() {
     assert_eq!(code(answer), Code::Unavailable);
     let batch = tokio::time::timeout(
         Duration::from_secs(20),
-        c.produce_batch(vec![b"y".to_vec()]),
+        c.produce_batch(vec![Bytes::from_static(b"y")]),
     )
     .await
     .expect("produce answered by its deadline");
@@ -559,7 +562,7 @@ async fn rotated_server_certs_apply_to_new_connections_while_old_streams_flow() 
     let mut old = node.client("root").await;
     old.produce("before").await.unwrap();
     let mut stream = old.consume_stream(0).await.unwrap();
-    assert_eq!(stream.next().await.unwrap().unwrap().1, b"before");
+    assert_eq!(stream.next().await.unwrap().unwrap().1, &b"before"[..]);
 
     // Rotate to a new CA: server cert, key and client CA.
     let fresh = node.dir.path().join("fresh");
@@ -595,7 +598,7 @@ async fn rotated_server_certs_apply_to_new_connections_while_old_streams_flow() 
         .unwrap()
         .unwrap()
         .unwrap();
-    assert_eq!((offset, value.as_slice()), (1, &b"after"[..]));
+    assert_eq!((offset, &value[..]), (1, &b"after"[..]));
 }
 
 #[tokio::test]
@@ -604,7 +607,7 @@ async fn a_retried_producer_sequence_appends_once_also_after_a_restart() {
     let mut c = node.client("root").await;
     let request = |seq: u64, value: &[u8]| ProduceRequest {
         record: Some(Record {
-            value: value.to_vec(),
+            value: Bytes::copy_from_slice(value),
             ..Record::default()
         }),
         producer_id: "app-1".into(),
@@ -745,7 +748,7 @@ async fn retention_drops_old_records_and_reads_below_get_out_of_range() {
     let mut stream = c.consume_stream(100).await.unwrap();
     assert_eq!(c.produce("after").await.unwrap(), 100);
     let (offset, value) = stream.next().await.unwrap().unwrap();
-    assert_eq!((offset, value.as_slice()), (100, &b"after"[..]));
+    assert_eq!((offset, &value[..]), (100, &b"after"[..]));
 }
 
 #[tokio::test]
@@ -776,7 +779,7 @@ async fn snapshots_are_taken_at_the_threshold_and_restarts_keep_every_record() {
 /// Opens a ProduceStream sending one request per value.
 async fn produce_stream(
     c: &mut Client,
-    values: Vec<Vec<u8>>,
+    values: Vec<Bytes>,
 ) -> tonic::Streaming<proglog_proto::ProduceResponse> {
     let requests = values.into_iter().map(|value| ProduceRequest {
         record: Some(Record {

@@ -158,7 +158,7 @@ async fn connections_and_calls_past_their_limits_are_refused_and_peers_still_get
         async move {
             let req = ProduceRequest {
                 record: Some(Record {
-                    value: format!("r{i}").into_bytes(),
+                    value: format!("r{i}").into(),
                     ..Record::default()
                 }),
                 ..ProduceRequest::default()
@@ -223,7 +223,7 @@ async fn connections_and_calls_past_their_limits_are_refused_and_peers_still_get
     drop((held, network));
     let mut c = eventually_client(&node).await;
     let off = c.produce("after").await.unwrap();
-    assert_eq!(c.consume(off).await.unwrap(), b"after");
+    assert_eq!(c.consume(off).await.unwrap(), &b"after"[..]);
 }
 
 struct Ctx<'a> {
@@ -331,7 +331,7 @@ async fn run(ctx: &mut Ctx<'_>, kind: &str) -> Expect {
         "produce with unknown fields" => {
             let mut body = ProduceRequest {
                 record: Some(Record {
-                    value: b"known".to_vec(),
+                    value: b"known"[..].into(),
                     ..Record::default()
                 }),
                 ..ProduceRequest::default()
@@ -342,7 +342,7 @@ async fn run(ctx: &mut Ctx<'_>, kind: &str) -> Expect {
             match ctx.raw_call("/log.v1.Log/Produce", body).await {
                 Ok(reply) => {
                     let offset = ProduceResponse::decode(reply.as_slice()).unwrap().offset;
-                    assert_eq!(ctx.root.consume(offset).await.unwrap(), b"known");
+                    assert_eq!(ctx.root.consume(offset).await.unwrap(), &b"known"[..]);
                     Expect::Ok
                 }
                 Err(s) => Expect::Status(s.code()),
@@ -366,7 +366,7 @@ async fn run(ctx: &mut Ctx<'_>, kind: &str) -> Expect {
         "a malformed message in a produce stream" => {
             let good = ProduceRequest {
                 record: Some(Record {
-                    value: b"before the bad one".to_vec(),
+                    value: b"before the bad one"[..].into(),
                     ..Record::default()
                 }),
                 ..ProduceRequest::default()
@@ -386,7 +386,7 @@ async fn run(ctx: &mut Ctx<'_>, kind: &str) -> Expect {
             let offset = ProduceResponse::decode(first.as_slice()).unwrap().offset;
             assert_eq!(
                 ctx.root.consume(offset).await.unwrap(),
-                b"before the bad one"
+                &b"before the bad one"[..]
             );
             match replies.message().await {
                 Ok(None) => Expect::Ok,
@@ -416,7 +416,7 @@ async fn run(ctx: &mut Ctx<'_>, kind: &str) -> Expect {
         "produce with producer sequence u64::MAX" => {
             let req = ProduceRequest {
                 record: Some(Record {
-                    value: b"seq".to_vec(),
+                    value: b"seq"[..].into(),
                     ..Record::default()
                 }),
                 producer_id: "p-max".into(),
@@ -446,7 +446,7 @@ async fn run(ctx: &mut Ctx<'_>, kind: &str) -> Expect {
             let (tx, rx) = tokio::sync::mpsc::channel(4);
             tx.send(ProduceRequest {
                 record: Some(Record {
-                    value: b"streamed".to_vec(),
+                    value: b"streamed"[..].into(),
                     ..Record::default()
                 }),
                 ..ProduceRequest::default()

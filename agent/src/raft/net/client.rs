@@ -415,7 +415,7 @@ impl PeerClient {
             .map_err(|s| RPCError::Unreachable(Unreachable::new(&s)))?;
         let ttl = option.hard_ttl();
         let mut request = tonic::Request::new(Payload {
-            data: codec::encode_msg(req),
+            data: codec::encode_msg(req).into(),
         });
         request.set_timeout(ttl);
         let timeout = || {

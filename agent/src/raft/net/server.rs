@@ -45,7 +45,7 @@ fn join_error(e: tokio::task::JoinError) -> Status {
 
 fn reply<T: serde::Serialize>(result: &T) -> Result<Response<Payload>, Status> {
     Ok(Response::new(Payload {
-        data: codec::encode_msg(result),
+        data: codec::encode_msg(result).into(),
     }))
 }
 

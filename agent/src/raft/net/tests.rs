@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use proglog_client::{Client, Error, Target, Tls};
+use proglog_client::{Bytes, Client, Error, Target, Tls};
 use rustls::pki_types::pem::PemObject;
 use tokio::io::AsyncWriteExt;
 use tonic::Code;
@@ -174,7 +174,7 @@ impl Cluster {
             async || {
                 for (offset, value) in values.iter().enumerate() {
                     match c.consume(offset as u64).await {
-                        Ok(got) if &got == value => {}
+                        Ok(got) if got == value => {}
                         Ok(got) => panic!("node{i} offset {offset}: {got:?} != {value:?}"),
                         Err(_) => return false,
                     }
@@ -261,7 +261,7 @@ async fn a_follower_refuses_a_denied_client_and_forwards_with_the_producer_id() 
     let mut c = cluster.client(follower, "root").await;
     let req = || proglog_proto::ProduceRequest {
         record: Some(proglog_proto::Record {
-            value: b"once".to_vec(),
+            value: b"once"[..].into(),
             ..Default::default()
         }),
         producer_id: "p1".into(),
@@ -347,7 +347,7 @@ async fn raft_call_as(cluster: &Cluster, i: usize, stem: &str) -> bool {
         .unwrap();
     let vote = openraft::raft::VoteRequest::<u64>::new(openraft::Vote::new(0, 1), None);
     let request = proglog_proto::raft::Payload {
-        data: crate::raft::codec::encode_msg(&vote),
+        data: crate::raft::codec::encode_msg(&vote).into(),
     };
     let answer = tokio::time::timeout(Duration::from_secs(10), client.vote(request)).await;
     matches!(answer, Ok(Ok(_)))
@@ -460,7 +460,7 @@ async fn a_removed_node_stops_receiving_and_followers_point_admins_at_the_leader
 
 /// Every record of node `i`'s state machine from offset 0, read on a
 /// blocking thread.
-async fn records_of(cluster: &Cluster, i: usize) -> Vec<Vec<u8>> {
+async fn records_of(cluster: &Cluster, i: usize) -> Vec<Bytes> {
     let sm = cluster.agent(i).node().state_machine().clone();
     tokio::task::spawn_blocking(move || {
         (sm.lowest_offset()..sm.next_offset())

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -414,7 +415,7 @@ pub(super) async fn wait_applied(node: &RaftNode, next: u64) {
 }
 
 /// Reads records `from..to` from `node`, in as many reads as it takes.
-pub(super) async fn read_range(node: &RaftNode, from: u64, to: u64) -> Vec<Vec<u8>> {
+pub(super) async fn read_range(node: &RaftNode, from: u64, to: u64) -> Vec<Bytes> {
     let mut records = Vec::new();
     while from + (records.len() as u64) < to {
         let at = from + records.len() as u64;
@@ -434,11 +435,11 @@ pub(super) fn retrying_producer(
     via: RaftNode,
     name: String,
     sequences: std::ops::Range<u64>,
-) -> tokio::task::JoinHandle<Vec<(u64, Vec<u8>)>> {
+) -> tokio::task::JoinHandle<Vec<(u64, Bytes)>> {
     tokio::spawn(async move {
         let mut acked = Vec::new();
         for sequence in sequences {
-            let record = format!("{name}-{sequence}").into_bytes();
+            let record = Bytes::from(format!("{name}-{sequence}"));
             let producer = Some((name.clone(), sequence));
             loop {
                 let tried = async {

@@ -26,7 +26,7 @@ async fn leader(settings: NodeSettings) -> RaftNode {
     node
 }
 
-async fn produce(node: &RaftNode, records: Vec<Vec<u8>>) -> Result<(u64, u64), CommitError> {
+async fn produce(node: &RaftNode, records: Vec<Bytes>) -> Result<(u64, u64), CommitError> {
     node.append(records, None).await?.await
 }
 
@@ -61,9 +61,12 @@ async fn produce_on_a_node_without_a_cluster_is_unavailable_within_the_deadline(
 
 /// A produce answers UNAVAILABLE, well within a generous outer bound.
 async fn assert_unavailable_by_deadline(node: &RaftNode) {
-    let answer = tokio::time::timeout(Duration::from_secs(10), produce(node, vec![b"x".to_vec()]))
-        .await
-        .expect("produce gave up by its deadline");
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        produce(node, vec![Bytes::from_static(b"x")]),
+    )
+    .await
+    .expect("produce gave up by its deadline");
     assert!(
         matches!(answer, Err(CommitError::Unavailable(_))),
         "{answer:?}"
@@ -78,7 +81,12 @@ async fn a_leader_cut_off_from_its_quorum_answers_unavailable_and_keeps_answerin
         ..settings(dir.path())
     })
     .await;
-    assert_eq!(produce(&node, vec![b"a".to_vec()]).await.unwrap(), (0, 1));
+    assert_eq!(
+        produce(&node, vec![Bytes::from_static(b"a")])
+            .await
+            .unwrap(),
+        (0, 1)
+    );
     // A second voter that does not exist: the joint configuration needs it
     // for a quorum, so nothing commits any more while this node still
     // believes it leads (openraft 0.9 leaders never step down by themselves).
@@ -124,13 +132,13 @@ async fn a_batch_entry_stays_within_its_byte_cap_unless_one_request_is_larger() 
     for i in 0..7u8 {
         let node = node.clone();
         calls.push(tokio::spawn(async move {
-            produce(&node, vec![vec![i; 3 * mb]]).await
+            produce(&node, vec![vec![i; 3 * mb].into()]).await
         }));
     }
     for call in calls {
         call.await.unwrap().unwrap();
     }
-    produce(&node, vec![vec![7; 10 * mb]]).await.unwrap();
+    produce(&node, vec![vec![7; 10 * mb].into()]).await.unwrap();
 
     let mut reader = node.log.clone();
     let entries = reader.try_get_log_entries(0..u64::MAX).await.unwrap();
@@ -143,7 +151,7 @@ async fn a_batch_entry_stays_within_its_byte_cap_unless_one_request_is_larger() 
         let sizes: Vec<usize> = requests
             .iter()
             .map(|r| match r {
-                Request::Append { records, .. } => records.iter().map(Vec::len).sum(),
+                Request::Append { records, .. } => records.iter().map(Bytes::len).sum(),
                 _ => 0,
             })
             .collect();
@@ -172,7 +180,7 @@ async fn a_snapshot_is_taken_after_enough_bytes_even_below_the_entry_threshold()
     .await;
     assert_eq!(node.raft.metrics().borrow().snapshot, None);
     for _ in 0..40 {
-        produce(&node, vec![vec![1; 8 << 10]]).await.unwrap();
+        produce(&node, vec![vec![1; 8 << 10].into()]).await.unwrap();
     }
     let metrics = node.raft.metrics();
     eventually("a snapshot", || metrics.borrow().snapshot.is_some()).await;
@@ -189,13 +197,13 @@ async fn the_leader_replicates_its_producer_bound() {
     .await;
     let named = |p: &str| Some((p.to_string(), 0));
     let first = node
-        .append(vec![b"a".to_vec()], named("a"))
+        .append(vec![Bytes::from_static(b"a")], named("a"))
         .await
         .unwrap()
         .await
         .unwrap();
     for p in ["b", "c"] {
-        node.append(vec![p.as_bytes().to_vec()], named(p))
+        node.append(vec![Bytes::copy_from_slice(p.as_bytes())], named(p))
             .await
             .unwrap()
             .await
@@ -204,14 +212,14 @@ async fn the_leader_replicates_its_producer_bound() {
     // "a" was the least recently used of three with room for two: its
     // retry is new again. "c" is remembered.
     let retry_a = node
-        .append(vec![b"a".to_vec()], named("a"))
+        .append(vec![Bytes::from_static(b"a")], named("a"))
         .await
         .unwrap()
         .await
         .unwrap();
     assert_ne!(retry_a, first);
     let retry_c = node
-        .append(vec![b"c".to_vec()], named("c"))
+        .append(vec![Bytes::from_static(b"c")], named("c"))
         .await
         .unwrap()
         .await
@@ -232,9 +240,12 @@ async fn with_sync_interval_a_produce_is_acknowledged_before_the_interval_sync()
         ..base
     })
     .await;
-    let acked = tokio::time::timeout(Duration::from_secs(10), produce(&node, vec![b"x".to_vec()]))
-        .await
-        .expect("acknowledged without waiting an hour for the sync");
+    let acked = tokio::time::timeout(
+        Duration::from_secs(10),
+        produce(&node, vec![Bytes::from_static(b"x")]),
+    )
+    .await
+    .expect("acknowledged without waiting an hour for the sync");
     assert_eq!(acked.unwrap(), (0, 1));
     node.shutdown().await.unwrap();
 }
@@ -277,16 +288,24 @@ async fn after_a_failed_write_the_node_stops_for_good_and_refuses_produces() {
         ..base
     })
     .await;
-    assert_eq!(produce(&node, vec![b"a".to_vec()]).await.unwrap(), (0, 1));
+    assert_eq!(
+        produce(&node, vec![Bytes::from_static(b"a")])
+            .await
+            .unwrap(),
+        (0, 1)
+    );
     assert_eq!(node.failure(), None);
 
     disk.set_faults(Faults {
         write: true,
         ..Faults::default()
     });
-    let failed = tokio::time::timeout(Duration::from_secs(20), produce(&node, vec![b"b".to_vec()]))
-        .await
-        .expect("produce answered instead of hanging");
+    let failed = tokio::time::timeout(
+        Duration::from_secs(20),
+        produce(&node, vec![Bytes::from_static(b"b")]),
+    )
+    .await
+    .expect("produce answered instead of hanging");
     assert!(failed.is_err(), "{failed:?}");
     let mut watch = node.failure_watch();
     tokio::time::timeout(Duration::from_secs(20), watch.wait_for(Option::is_some))
@@ -298,7 +317,7 @@ async fn after_a_failed_write_the_node_stops_for_good_and_refuses_produces() {
     // The fault is gone, but the node stays failed until restarted.
     disk.set_faults(Faults::default());
     let started = Instant::now();
-    let again = produce(&node, vec![b"c".to_vec()]).await;
+    let again = produce(&node, vec![Bytes::from_static(b"c")]).await;
     assert!(
         matches!(again, Err(CommitError::Unavailable(_))),
         "{again:?}"
@@ -337,7 +356,7 @@ async fn reads_outside_the_range_say_which_side_and_replay_stays_unavailable() {
     let mut sm = StateMachine::open(dir.path(), LogConfig::default()).unwrap();
     let append = |n: u64| {
         EntryPayload::Normal(Request::Append {
-            records: (0..n).map(|i| vec![i as u8]).collect(),
+            records: (0..n).map(|i| Bytes::from(vec![i as u8])).collect(),
             producer: None,
             at_ms: 1,
         })
@@ -349,7 +368,7 @@ async fn reads_outside_the_range_say_which_side_and_replay_stays_unavailable() {
     .await
     .unwrap();
     let caught_up = AtomicBool::new(true);
-    let range = |r: Result<Vec<Vec<u8>>, CommitError>| match r {
+    let range = |r: Result<Vec<Bytes>, CommitError>| match r {
         Err(e @ CommitError::OutOfRange { .. }) => {
             let CommitError::OutOfRange { lowest, next, .. } = e else {
                 unreachable!()
@@ -374,7 +393,10 @@ async fn reads_outside_the_range_say_which_side_and_replay_stays_unavailable() {
             10
         )
     );
-    assert_eq!(read_applied(&sm, &caught_up, 4, 2).unwrap(), [[4], [5]]);
+    assert_eq!(
+        read_applied(&sm, &caught_up, 4, 2).unwrap(),
+        [&[4][..], &[5]]
+    );
     // Replaying after a restart: past the end is not known to be the end.
     caught_up.store(false, Ordering::Release);
     assert!(matches!(
@@ -406,7 +428,12 @@ async fn each_proposed_entry_reports_its_hops_within_its_produce_time() {
     // One at a time: each produce is one entry, submitted directly.
     for i in 0..5u64 {
         let started = std::time::Instant::now();
-        assert_eq!(produce(&node, vec![b"r".to_vec()]).await.unwrap(), (i, 1));
+        assert_eq!(
+            produce(&node, vec![Bytes::from_static(b"r")])
+                .await
+                .unwrap(),
+            (i, 1)
+        );
         let took = started.elapsed();
         let seen = seen.0.lock().unwrap();
         assert_eq!(seen.len() as u64, i + 1, "one report per entry");
@@ -420,7 +447,11 @@ async fn each_proposed_entry_reports_its_hops_within_its_produce_time() {
     let producers: Vec<_> = (0..32)
         .map(|_| {
             let node = node.clone();
-            tokio::spawn(async move { produce(&node, vec![b"c".to_vec()]).await.unwrap() })
+            tokio::spawn(async move {
+                produce(&node, vec![Bytes::from_static(b"c")])
+                    .await
+                    .unwrap()
+            })
         })
         .collect();
     for p in producers {

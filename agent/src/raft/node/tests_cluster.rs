@@ -11,10 +11,10 @@ use super::*;
 
 /// Produces `n` one-record appends `"{tag}-{i}"` through `via`, one at a
 /// time; returns the records and checks they are at `from..from + n`.
-async fn produce_n(via: &RaftNode, tag: &str, from: u64, n: u64) -> Vec<Vec<u8>> {
+async fn produce_n(via: &RaftNode, tag: &str, from: u64, n: u64) -> Vec<Bytes> {
     let mut records = Vec::new();
     for i in 0..n {
-        let record = format!("{tag}-{i}").into_bytes();
+        let record = Bytes::from(format!("{tag}-{i}"));
         let at = via
             .append(vec![record.clone()], None)
             .await
@@ -28,7 +28,7 @@ async fn produce_n(via: &RaftNode, tag: &str, from: u64, n: u64) -> Vec<Vec<u8>>
 }
 
 /// Checks every running node holds `records` at `from..`.
-async fn check_everywhere(cluster: &Cluster, from: u64, records: &[Vec<u8>]) {
+async fn check_everywhere(cluster: &Cluster, from: u64, records: &[Bytes]) {
     let end = from + records.len() as u64;
     for node in cluster.nodes.values() {
         wait_applied(node, end).await;
@@ -43,7 +43,7 @@ async fn check_everywhere(cluster: &Cluster, from: u64, records: &[Vec<u8>]) {
 
 /// Checks acknowledged (offset, record) pairs are dense from 0, each
 /// once; returns the records in offset order.
-fn dense(mut acked: Vec<(u64, Vec<u8>)>) -> Vec<Vec<u8>> {
+fn dense(mut acked: Vec<(u64, Bytes)>) -> Vec<Bytes> {
     acked.sort();
     for (i, (first, _)) in acked.iter().enumerate() {
         assert_eq!(*first, i as u64, "{acked:?}");
@@ -238,7 +238,10 @@ async fn b_a_produce_on_a_follower_is_forwarded_and_answered_with_the_leaders_of
         produce_n(&leader, "a", 0, 3).await;
         let follower = cluster.nodes[&2].clone();
         let at = follower
-            .append(vec![b"x".to_vec(), b"y".to_vec()], Some(("p".into(), 7)))
+            .append(
+                vec![Bytes::from_static(b"x"), Bytes::from_static(b"y")],
+                Some(("p".into(), 7)),
+            )
             .await
             .unwrap()
             .await
@@ -246,11 +249,14 @@ async fn b_a_produce_on_a_follower_is_forwarded_and_answered_with_the_leaders_of
         assert_eq!(at, (3, 2));
         assert_eq!(
             read_range(&leader, 3, 5).await,
-            [b"x".to_vec(), b"y".to_vec()]
+            [Bytes::from_static(b"x"), Bytes::from_static(b"y")]
         );
         // A retried forward is answered with the first attempt's offsets.
         let again = cluster.nodes[&3]
-            .append(vec![b"x".to_vec(), b"y".to_vec()], Some(("p".into(), 7)))
+            .append(
+                vec![Bytes::from_static(b"x"), Bytes::from_static(b"y")],
+                Some(("p".into(), 7)),
+            )
             .await
             .unwrap()
             .await
@@ -313,12 +319,12 @@ async fn c_after_the_leader_stops_a_new_one_serves_every_acked_record_and_retrie
         // A retry after the failover is answered from the replicated
         // producer table, not appended again.
         let again = cluster.nodes[&new]
-            .append(vec![b"p0-29".to_vec()], Some(("p0".into(), 29)))
+            .append(vec![Bytes::from_static(b"p0-29")], Some(("p0".into(), 29)))
             .await
             .unwrap()
             .await
             .unwrap();
-        let at = records.iter().position(|r| r == b"p0-29").unwrap() as u64;
+        let at = records.iter().position(|r| r == &b"p0-29"[..]).unwrap() as u64;
         assert_eq!(again, (at, 1));
         assert_eq!(cluster.nodes[&new].sm.next_offset(), end);
         // Writes resume.
@@ -342,7 +348,7 @@ async fn d_a_leader_cut_off_from_its_quorum_stops_acking_within_its_deadline() {
         cluster.router.isolate(leader.id());
         for _ in 0..3 {
             let started = Instant::now();
-            let answer = leader.append(vec![b"lost".to_vec()], None).await;
+            let answer = leader.append(vec![Bytes::from_static(b"lost")], None).await;
             let answer = match answer {
                 Ok(durable) => durable.await,
                 Err(e) => Err(e),
@@ -370,7 +376,7 @@ async fn d_a_leader_cut_off_from_its_quorum_stops_acking_within_its_deadline() {
         cluster.router.heal(leader.id());
         assert_eq!(cluster.wait_agreed_leader().await, new);
         let mut expected = records;
-        expected.extend((0..3).map(|i| format!("b-{i}").into_bytes()));
+        expected.extend((0..3).map(|i| Bytes::from(format!("b-{i}"))));
         check_everywhere(&cluster, 0, &expected).await;
         cluster.shutdown().await;
     })
@@ -399,7 +405,7 @@ async fn e_a_restarted_follower_catches_up() {
 /// Follows `node`'s watermark from offset 0 to `end`, reading each record
 /// once it is applied; returns them in order. Reads that fail while the
 /// node is replaying or installing are retried on the next watermark.
-async fn follow(node: RaftNode, end: u64) -> Vec<Vec<u8>> {
+async fn follow(node: RaftNode, end: u64) -> Vec<Bytes> {
     let mut watermark = node.subscribe();
     let mut records = Vec::new();
     while (records.len() as u64) < end {

@@ -14,7 +14,7 @@ use super::*;
 struct Acked {
     producer: String,
     sequence: u64,
-    records: Vec<Vec<u8>>,
+    records: Vec<Bytes>,
     first: u64,
     count: u64,
 }
@@ -31,8 +31,8 @@ async fn produce_concurrently(via: &[RaftNode], producers: usize, per: u64) -> V
             let producer = format!("p{i}");
             let mut pending = Vec::new();
             for sequence in 0..per {
-                let records: Vec<Vec<u8>> = (0..1 + sequence % 3)
-                    .map(|k| format!("{producer}-{sequence}-{k}").into_bytes())
+                let records: Vec<Bytes> = (0..1 + sequence % 3)
+                    .map(|k| Bytes::from(format!("{producer}-{sequence}-{k}")))
                     .collect();
                 let ordered = node
                     .append(records.clone(), Some((producer.clone(), sequence)))
@@ -151,7 +151,7 @@ async fn an_idle_leader_submits_from_the_callers_task_and_a_closed_gate_queues()
     let cluster = Cluster::start(1, generous).await;
     let node = cluster.nodes[&1].clone();
     let before = node.lane.direct_entries();
-    let one = |value: &str| node.append(vec![value.as_bytes().to_vec()], None);
+    let one = |value: &str| node.append(vec![Bytes::copy_from_slice(value.as_bytes())], None);
     assert_eq!(one("a").await.unwrap().await.unwrap(), (0, 1));
     assert_eq!(
         node.lane.direct_entries(),
@@ -231,7 +231,7 @@ async fn measure_three_nodes() {
                 let mut latencies = Vec::new();
                 while Instant::now() < until {
                     let started = Instant::now();
-                    node.append(vec![vec![7; 100]], None)
+                    node.append(vec![vec![7; 100].into()], None)
                         .await
                         .unwrap()
                         .await

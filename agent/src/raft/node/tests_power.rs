@@ -57,7 +57,7 @@ async fn cut_power(cluster: &mut Cluster, id: u64, disk: &SimFs, seed: u64) {
 
 /// Waits until every node has applied `acked.len()` records or more and
 /// holds the same log, with every acknowledged record at its offset.
-async fn check(cluster: &Cluster, acked: &[(u64, Vec<u8>)]) {
+async fn check(cluster: &Cluster, acked: &[(u64, Bytes)]) {
     let mut sorted = acked.to_vec();
     sorted.sort();
     for (i, (offset, _)) in sorted.iter().enumerate() {
