@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Resident memory of a fresh, idle proglog agent: `--dev` (one node, no TLS), an
 # empty data dir; VmRSS is read one second after the agent first answers
-# `proglog servers`, then again after RUNS more seconds of idling.
+# `proglog servers`, then again after RUNS more seconds of idling. Then, unless
+# LOAD=0, the peak (VmHWM) under `proglog bench produce` at 64 in flight, and
+# after that under batches of 100 records, 8 in flight (DUR seconds each).
 # Usage: bash bench/peers/footprint.sh   (needs target/release/proglog)
 # Env:   PROGLOG_BIN=<repo>/target/release/proglog  PORT=18501  OUT=/tmp/proglog-footprint
+#        RUNS=4  LOAD=1  DUR=10
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
@@ -24,3 +27,14 @@ rss() { awk '/^VmRSS/ { printf "%.1f MiB", $2 / 1024 }' "/proc/$AGENT/status"; }
 # Measurement delays, not synchronisation: the agent is already serving.
 sleep 1; echo "idle RSS 1 s after serving: $(rss)"
 sleep "${RUNS:-4}"; echo "idle RSS $((1 + ${RUNS:-4})) s after serving: $(rss)"
+[ "${LOAD:-1}" = 1 ] || exit 0
+peak() { awk '/^VmHWM/ { printf "%.1f MiB", $2 / 1024 }' "/proc/$AGENT/status"; }
+load() {
+  "$PROGLOG_BIN" bench produce --addr "127.0.0.1:$PORT" --duration "${DUR:-10}s" --size 100 "$@" \
+    | grep -E 'records/s|p50' | tr '\n' ' '
+  echo
+}
+echo "64 in flight: $(load --in-flight 64)"
+echo "peak RSS after it: $(peak)"
+echo "batches of 100, 8 in flight: $(load --in-flight 8 --batch 100)"
+echo "peak RSS after it: $(peak)"

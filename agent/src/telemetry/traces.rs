@@ -114,6 +114,11 @@ pub fn inject(span: &Span, metadata: &mut MetadataMap) {
 /// Makes the remote context in `headers` the parent of `span`, if there is
 /// a valid one.
 fn adopt_parent(span: &Span, headers: &http::HeaderMap) {
+    // Most calls carry none: skip the propagator's parsing for them.
+    const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+    if !headers.contains_key(TRACEPARENT) {
+        return;
+    }
     let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
     if parent.span().span_context().is_valid() {
         // Fails only without an OpenTelemetry layer, when there is no

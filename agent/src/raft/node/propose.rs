@@ -59,25 +59,35 @@ pub(super) async fn wait_leader(
     raft: &Raft<TypeConfig>,
     deadline: Instant,
 ) -> Result<(u64, Member), CommitError> {
+    // The common case, a known leader, without openraft's waiter (which
+    // clones the whole metrics on every check).
+    {
+        let metrics = raft.metrics();
+        let now = metrics.borrow();
+        if let (Ok(_), Some(found)) = (&now.running_state, leader_of(&now)) {
+            return Ok(found);
+        }
+    }
     let wait = deadline.saturating_duration_since(Instant::now());
-    let known = |m: &openraft::RaftMetrics<u64, Member>| {
-        m.current_leader
-            .and_then(|l| m.membership_config.membership().get_node(&l).cloned())
-            .is_some()
-    };
     let led = raft
         .wait(Some(wait))
-        .metrics(|m| known(m) || m.running_state.is_err(), "a leader")
+        .metrics(
+            |m| leader_of(m).is_some() || m.running_state.is_err(),
+            "a leader",
+        )
         .await
         .map_err(|_| CommitError::Unavailable("no leader elected".into()))?;
     if let Err(fatal) = &led.running_state {
         return Err(CommitError::Unavailable(format!("raft stopped: {fatal}")));
     }
-    let leader = led.current_leader.unwrap_or_default();
-    match led.membership_config.membership().get_node(&leader) {
-        Some(member) => Ok((leader, member.clone())),
-        None => Err(CommitError::Unavailable("no leader elected".into())),
-    }
+    leader_of(&led).ok_or_else(|| CommitError::Unavailable("no leader elected".into()))
+}
+
+/// The leader the metrics name, with its address, if it is a member.
+fn leader_of(m: &openraft::RaftMetrics<u64, Member>) -> Option<(u64, Member)> {
+    let leader = m.current_leader?;
+    let member = m.membership_config.membership().get_node(&leader)?;
+    Some((leader, member.clone()))
 }
 
 /// Entries the propose loop keeps in flight at once. With one, the

@@ -147,7 +147,9 @@ impl Drop for Call {
 
 /// The gRPC code in `grpc-status` of `headers`, if there is one.
 fn status_in(headers: &http::HeaderMap) -> Option<Code> {
-    let value = headers.get("grpc-status")?.to_str().ok()?;
+    // A constant name: no parsing of the name on every call.
+    const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+    let value = headers.get(GRPC_STATUS)?.to_str().ok()?;
     Some(Code::from(value.trim().parse::<i32>().ok()?))
 }
 
