@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Resident memory of a fresh, idle proglog agent: `--dev` (one node, no TLS), an
+# First the time from exec to READY=1 (sd_notify) of a fresh `--dev` agent, five
+# runs (ready.py; needs python3). Then the resident memory of a fresh, idle
+# proglog agent: `--dev` (one node, no TLS), an
 # empty data dir; VmRSS is read one second after the agent first answers
 # `proglog servers`, then again after RUNS more seconds of idling. Then, unless
 # LOAD=0, the peak (VmHWM) under `proglog bench produce` at 64 in flight, and
@@ -14,6 +16,8 @@ PROGLOG_BIN=${PROGLOG_BIN:-$REPO/target/release/proglog}
 PORT=${PORT:-18501}; OUT=${OUT:-/tmp/proglog-footprint}
 [ -x "$PROGLOG_BIN" ] || { echo "no $PROGLOG_BIN: run \`cargo build --release\` in $REPO" >&2; exit 1; }
 rm -rf "$OUT"; mkdir -p "$OUT"
+python3 "$HERE/ready.py" 5 "$PROGLOG_BIN" agent --dev --data-dir "{dir}" --rpc-port "$PORT" \
+  --bind-addr "127.0.0.1:$((PORT + 1))" --log-level warn
 "$PROGLOG_BIN" agent --dev --data-dir "$OUT/data" --rpc-port "$PORT" \
   --bind-addr "127.0.0.1:$((PORT + 1))" --log-level warn > "$OUT/agent.log" 2>&1 &
 AGENT=$!

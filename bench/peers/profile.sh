@@ -20,6 +20,7 @@ IN_FLIGHT=${IN_FLIGHT:-1}; DUR=${DUR:-10}; SIZE=${SIZE:-100}
 OUT=${OUT:-/tmp/proglog-profile}; DATA=${DATA:-$OUT/data}
 PROGLOG_BIN=${PROGLOG_BIN:-$REPO/target/release/proglog}
 . "$HERE/tls.sh"
+. "$HERE/hops.sh"
 for tool in perf strace openssl curl; do
   command -v "$tool" >/dev/null || { echo "profile.sh needs $tool (apt-get install -y linux-perf strace openssl curl)" >&2; exit 1; }
 done
@@ -52,10 +53,7 @@ field() { sed -n "s/.*\"$2\":\([0-9.]*\).*/\1/p" "$1" | head -1; } # json file, 
 # The tools watch the middle of the run (1 s after its start, DUR-2 s long).
 watch=$((DUR - 2))
 
-hops() { # file: the hop histogram's sums and counts, now
-  curl -sf http://127.0.0.1:19401/metrics | grep '^proglog_raft_hop_duration_seconds_\(sum\|count\)' > "$1"
-}
-hops "$OUT/hops-before.txt"
+hops_scrape 127.0.0.1:19401 "$OUT/hops-before.txt"
 bench "$OUT/bench-perf.json" &
 B=$!
 sleep 1
@@ -63,7 +61,7 @@ perf stat -e task-clock,context-switches,cpu-migrations -p $AGENT -o "$OUT/perf-
 P=$!
 perf record -F 999 -p $AGENT -o "$OUT/perf.data" -- sleep $watch > /dev/null 2>&1
 wait $P $B
-hops "$OUT/hops-after.txt"
+hops_scrape 127.0.0.1:19401 "$OUT/hops-after.txt"
 bench "$OUT/bench-strace.json" &
 B=$!
 sleep 1
@@ -85,13 +83,7 @@ awk -v rate="$rate" -v w="$watch" '
   /task-clock/ { ms=$1; gsub(",","",ms); printf "agent CPU: %.0f us per record (%.2f cores)\n", ms*1000/(rate*w), ms/1000/w }
   /context-switches/ { c=$1; gsub(",","",c); printf "agent context switches: %.1f per record\n", c/(rate*w) }' "$OUT/perf-stat.txt"
 echo "== mean time per entry in each hop (the agent's hop histogram, perf run)"
-awk '{ split($1, a, "\""); kind = ($1 ~ /_sum/) ? "sum" : "count"
-       if (FILENAME == ARGV[1]) before[a[2] kind] = $2; else after[a[2] kind] = $2 }
-     END { n = split("submit write sync commit apply_handoff apply answer", order, " "); total = 0
-           for (i = 1; i <= n; i++) { h = order[i]; c = after[h "count"] - before[h "count"]
-             if (c > 0) { us = (after[h "sum"] - before[h "sum"]) * 1e6 / c; total += us
-               printf "  %-14s %8.1f us  (%d entries)\n", h, us, c } }
-           printf "  %-14s %8.1f us\n", "all hops", total }' "$OUT/hops-before.txt" "$OUT/hops-after.txt"
+hops_report "$OUT/hops-before.txt" "$OUT/hops-after.txt"
 j="$OUT/bench-strace.json"; srate=$(field "$j" records_per_sec)
 echo "== syscalls per record (strace run: $(printf %.0f "$srate") rec/s, slowed by strace)"
 awk -v r="$srate" -v w="$watch" '$1 ~ /^[0-9.]+$/ && NF >= 5 { printf "  %-16s %6.2f\n", $NF, $4/(r*w) }' "$OUT/strace.txt" \
