@@ -294,9 +294,15 @@ impl Agent {
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
                 let stop = cancel.clone().cancelled_owned();
+                // Peer calls are counted as client calls are, under
+                // service="raft.v1.Raft".
+                let measured = metrics
+                    .as_ref()
+                    .map_or_else(GrpcLayer::disabled, Metrics::grpc_layer);
                 tasks.spawn(async move {
                     let served = Server::builder()
                         .trace_fn(crate::telemetry::traces::peer_span)
+                        .layer(measured)
                         .add_service(raft)
                         .serve_with_incoming_shutdown(ReceiverStream::new(incoming), stop)
                         .await;

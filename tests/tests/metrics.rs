@@ -250,6 +250,19 @@ fn prometheus_scrapes_every_node_of_a_cluster() {
         let result = prometheus.query("count(proglog_raft_replication_lag_entries)")?;
         (value(result.first()?)? == 2.0).then_some(())
     });
+    // Peer calls are counted too: both followers serve the leader's
+    // raft.v1 calls (AppendEntries at least).
+    eventually(
+        "raft.v1 calls counted on two nodes or more",
+        Duration::from_secs(60),
+        || {
+            let result = prometheus.query(
+                "count(count%20by%20(instance)%20\
+                 (proglog_grpc_requests_total%7Bservice%3D%22raft.v1.Raft%22%7D))",
+            )?;
+            (value(result.first()?)? >= 2.0).then_some(())
+        },
+    );
     // Gossip: every node counts three alive members.
     eventually(
         "three alive members on each node",
