@@ -337,6 +337,33 @@ async fn unix_socket_connections_past_max_connections_are_closed() {
 }
 
 #[tokio::test]
+async fn a_silent_unix_socket_connection_is_closed_and_gives_back_its_place() {
+    let socket = tempfile::tempdir().unwrap();
+    let path = socket.path().join("proglog.sock");
+    let _node = Node::start(|c| {
+        c.unix_socket = Some(path.clone());
+        c.unix_socket_subject = Some("root".into());
+        c.max_connections = 1;
+        c.first_byte_timeout = "300ms".into();
+    })
+    .await;
+    // Holds the one place and sends nothing: closed after the timeout,
+    // without a byte from the server (it was never served).
+    let mut silent = tokio::net::UnixStream::connect(&path).await.unwrap();
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read(&mut silent, &mut byte),
+    )
+    .await
+    .expect("a silent connection stayed open");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    // Its place is free: a client gets in and is served.
+    let mut c = Client::connect(Target::Unix(path.clone())).await.unwrap();
+    assert_eq!(c.produce("after").await.unwrap(), 0);
+}
+
+#[tokio::test]
 async fn record_limits_empty_records_and_batches() {
     let node = Node::start(|c| c.max_record_bytes = 1000).await;
     let mut c = node.client("root").await;

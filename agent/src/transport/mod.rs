@@ -115,13 +115,14 @@ pub struct PlainTcp {
 /// A Unix domain socket for the co-located app; removes its file on drop.
 /// It has places of its own, `limits.max_connections` of them (none kept
 /// for peers, who never come this way): one more connection is closed as
-/// soon as it is accepted.
+/// soon as it is accepted, and one that sends nothing within
+/// `limits.first_byte_timeout` is closed then.
 pub struct Unix {
     /// The bound listener.
     pub listener: UnixListener,
     /// The socket file.
     pub path: PathBuf,
-    /// The connection count limit.
+    /// The connection count and first-byte time limits.
     pub limits: Limits,
 }
 
@@ -226,6 +227,25 @@ where
     ReceiverStream::new(rx)
 }
 
+/// Waits until `sock` has a byte to read, or its peer closed it, without
+/// taking the byte. (tokio reports a fresh socket readable at once, so
+/// readiness alone does not tell.)
+async fn first_byte(sock: &UnixStream) -> io::Result<()> {
+    let mut byte = [0u8; 1];
+    loop {
+        sock.readable().await?;
+        let peeked = sock.try_io(tokio::io::Interest::READABLE, || {
+            let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
+            rustix::net::recv(sock, &mut byte[..], flags).map_err(io::Error::from)
+        });
+        match peeked {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// What a connection's first byte asks for.
 #[derive(Debug, PartialEq, Eq)]
 enum Route {
@@ -308,7 +328,7 @@ impl Transport for Unix {
         let (tx, rx) = mpsc::channel(128);
         let slots = self.limits.connection_slots();
         tokio::spawn(async move {
-            loop {
+            while !tx.is_closed() {
                 let accepted = tokio::select! {
                     _ = cancel.cancelled() => break,
                     a = self.listener.accept() => a,
@@ -323,9 +343,25 @@ impl Transport for Unix {
                             );
                             continue;
                         };
-                        if tx.send(Ok(Conn::new(sock, permit))).await.is_err() {
-                            break;
-                        }
+                        // A connection that sends nothing gives its place
+                        // back after first_byte_timeout, as on TCP.
+                        let (tx, cancel) = (tx.clone(), cancel.clone());
+                        let wait = self.limits.first_byte_timeout;
+                        tokio::spawn(async move {
+                            let sent = tokio::select! {
+                                _ = cancel.cancelled() => return,
+                                r = tokio::time::timeout(wait, first_byte(&sock)) => r,
+                            };
+                            match sent {
+                                Ok(Ok(())) => {
+                                    let _ = tx.send(Ok(Conn::new(sock, permit))).await;
+                                }
+                                Ok(Err(e)) => debug!(error = %e, "unix socket connection failed"),
+                                Err(_) => {
+                                    debug!("unix socket connection dropped: no first byte in time")
+                                }
+                            }
+                        });
                     }
                     Err(e) => {
                         warn!(error = %e, "unix socket accept failed");
