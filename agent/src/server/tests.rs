@@ -292,6 +292,21 @@ async fn unix_socket_serves_without_tls_as_its_subject() {
     drop(other);
 }
 
+/// Connects to the Unix socket at `path`, sends nothing, and checks that the
+/// agent closes the connection without serving it: EOF (or a reset), not
+/// the HTTP/2 SETTINGS a served connection gets.
+async fn closed_unserved(path: &Path, what: &str) {
+    let mut stream = tokio::net::UnixStream::connect(path).await.unwrap();
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read(&mut stream, &mut byte),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{what} stayed open"));
+    assert!(matches!(closed, Ok(0) | Err(_)), "{what}: {closed:?}");
+}
+
 /// The Unix socket has its own `max_connections` places: while they are
 /// all held a new connection is closed at once, and a place given back is
 /// taken by the next client.
@@ -312,15 +327,7 @@ async fn unix_socket_connections_past_max_connections_are_closed() {
         c.servers().await.unwrap();
         held.push(c);
     }
-    let mut extra = tokio::net::UnixStream::connect(&path).await.unwrap();
-    let mut byte = [0u8; 1];
-    let closed = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::io::AsyncReadExt::read(&mut extra, &mut byte),
-    )
-    .await
-    .expect("a third connection stayed open");
-    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    closed_unserved(&path, "a third connection").await;
     // TCP clients are not counted against the socket's places.
     node.client("root").await.servers().await.unwrap();
     drop(held.pop());
@@ -336,6 +343,8 @@ async fn unix_socket_connections_past_max_connections_are_closed() {
     }
 }
 
+/// A Unix socket connection that sends nothing holds its place only for
+/// `first_byte_timeout`, as on TCP.
 #[tokio::test]
 async fn a_silent_unix_socket_connection_is_closed_and_gives_back_its_place() {
     let socket = tempfile::tempdir().unwrap();
@@ -347,17 +356,8 @@ async fn a_silent_unix_socket_connection_is_closed_and_gives_back_its_place() {
         c.first_byte_timeout = "300ms".into();
     })
     .await;
-    // Holds the one place and sends nothing: closed after the timeout,
-    // without a byte from the server (it was never served).
-    let mut silent = tokio::net::UnixStream::connect(&path).await.unwrap();
-    let mut byte = [0u8; 1];
-    let closed = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio::io::AsyncReadExt::read(&mut silent, &mut byte),
-    )
-    .await
-    .expect("a silent connection stayed open");
-    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    // Holds the one place and sends nothing: closed after the timeout.
+    closed_unserved(&path, "a silent connection").await;
     // Its place is free: a client gets in and is served.
     let mut c = Client::connect(Target::Unix(path.clone())).await.unwrap();
     assert_eq!(c.produce("after").await.unwrap(), 0);
