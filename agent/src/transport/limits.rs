@@ -68,13 +68,14 @@ pub(crate) struct Slots {
 }
 
 impl Limits {
-    /// The port's places under these limits.
-    pub(crate) fn connection_slots(&self) -> Slots {
+    /// The port's places under these limits, with `peer_places` more for
+    /// peers ([`PEER_RESERVE`] on the RPC port, none on the Unix socket).
+    pub(crate) fn connection_slots(&self, peer_places: usize) -> Slots {
         Slots {
             any: Arc::new(Semaphore::new(
                 self.max_connections.min(Semaphore::MAX_PERMITS),
             )),
-            peers: Arc::new(Semaphore::new(PEER_RESERVE)),
+            peers: Arc::new(Semaphore::new(peer_places)),
         }
     }
 }

@@ -14,8 +14,9 @@
 pub mod limits;
 pub mod tls;
 
-pub use limits::{Conn, Limits, Permit};
+pub use limits::{Conn, Limits, Permit, PEER_RESERVE};
 
+use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -155,30 +156,57 @@ impl Drop for Unix {
     }
 }
 
-/// Accepts TCP connections and hands each, in its own task, to `handle`,
+/// A listener [`accept_conns`] serves: the RPC port or the Unix socket.
+trait Listen: Send + 'static {
+    /// A connection.
+    type Stream: Send + 'static;
+    /// Accepts the next connection; returns it and its peer, for logs.
+    fn accept(&self) -> impl Future<Output = io::Result<(Self::Stream, String)>> + Send;
+    /// Waits until `stream` has a byte to read, or its peer closed it,
+    /// without taking the byte.
+    fn first_byte(stream: &Self::Stream) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+impl Listen for TcpListener {
+    type Stream = TcpStream;
+
+    async fn accept(&self) -> io::Result<(TcpStream, String)> {
+        let (sock, peer) = TcpListener::accept(self).await?;
+        let _ = sock.set_nodelay(true);
+        Ok((sock, peer.to_string()))
+    }
+
+    async fn first_byte(sock: &TcpStream) -> io::Result<()> {
+        sock.peek(&mut [0u8; 1]).await.map(drop)
+    }
+}
+
+/// Accepts connections and hands each, in its own task, to `handle`,
 /// which returns the connection to serve (or `None` to drop it). A
-/// connection past `limits.max_connections` takes a place kept for peers
-/// (which `handle` serves only if its first byte is the Raft byte), and
-/// one past those too is closed at once; one that
+/// connection past `limits.max_connections` takes one of `peer_places`
+/// places kept for peers (which `handle` serves only if its first byte is
+/// the Raft byte), and one past those too is closed at once; one that
 /// sends no byte within `limits.first_byte_timeout`, or whose `handle`
 /// (the handshake) is not done `limits.handshake_timeout` after accept, is
 /// closed.
-fn accept_tcp<Io, F, Fut>(
-    listener: TcpListener,
+fn accept_conns<L, Io, F, Fut>(
+    listener: L,
     limits: Limits,
+    peer_places: usize,
     cancel: CancellationToken,
     handle: F,
 ) -> ReceiverStream<io::Result<Conn<Io>>>
 where
+    L: Listen,
     Io: Send + 'static,
-    F: Fn(TcpStream, Permit) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Option<Conn<Io>>> + Send + 'static,
+    F: Fn(L::Stream, Permit) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Option<Conn<Io>>> + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(128);
-    let slots = limits.connection_slots();
+    let slots = limits.connection_slots(peer_places);
     let handle = Arc::new(handle);
     tokio::spawn(async move {
-        loop {
+        while !tx.is_closed() {
             let accepted = tokio::select! {
                 _ = cancel.cancelled() => break,
                 a = listener.accept() => a,
@@ -196,16 +224,14 @@ where
                     "connection closed: max_connections and the peer reserve reached");
                 continue;
             };
-            let _ = sock.set_nodelay(true);
             let (tx, handle, cancel) = (tx.clone(), Arc::clone(&handle), cancel.clone());
             tokio::spawn(async move {
+                let silent = peer.clone();
                 let conn = async move {
-                    // Waits for the first byte without taking it.
-                    let mut first = [0u8; 1];
-                    let peeked =
-                        tokio::time::timeout(limits.first_byte_timeout, sock.peek(&mut first));
-                    if peeked.await.is_err() {
-                        debug!(%peer, "connection dropped: no first byte in time");
+                    let first =
+                        tokio::time::timeout(limits.first_byte_timeout, L::first_byte(&sock));
+                    if first.await.is_err() {
+                        debug!(peer = %silent, "connection dropped: no first byte in time");
                         return None;
                     }
                     handle(sock, permit).await
@@ -223,25 +249,35 @@ where
                 }
             });
         }
+        // The listener (the Unix socket's file with it) goes now.
+        drop(listener);
     });
     ReceiverStream::new(rx)
 }
 
-/// Waits until `sock` has a byte to read, or its peer closed it, without
-/// taking the byte. (tokio reports a fresh socket readable at once, so
-/// readiness alone does not tell.)
-async fn first_byte(sock: &UnixStream) -> io::Result<()> {
-    let mut byte = [0u8; 1];
-    loop {
-        sock.readable().await?;
-        let peeked = sock.try_io(tokio::io::Interest::READABLE, || {
-            let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
-            rustix::net::recv(sock, &mut byte[..], flags).map_err(io::Error::from)
-        });
-        match peeked {
-            Ok(_) => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
+impl Listen for Unix {
+    type Stream = UnixStream;
+
+    async fn accept(&self) -> io::Result<(UnixStream, String)> {
+        let (sock, _) = self.listener.accept().await?;
+        Ok((sock, "unix socket".into()))
+    }
+
+    /// tokio reports a fresh Unix socket readable at once, so readiness
+    /// alone does not tell: the byte is peeked.
+    async fn first_byte(sock: &UnixStream) -> io::Result<()> {
+        let mut byte = [0u8; 1];
+        loop {
+            sock.readable().await?;
+            let peeked = sock.try_io(tokio::io::Interest::READABLE, || {
+                let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
+                rustix::net::recv(sock, &mut byte[..], flags).map_err(io::Error::from)
+            });
+            match peeked {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
         }
     }
 }
@@ -270,36 +306,42 @@ impl Transport for TlsTcp {
 
     fn incoming(self, cancel: CancellationToken) -> ReceiverStream<io::Result<Self::Io>> {
         let (tls, raft) = (self.tls, self.raft);
-        accept_tcp(self.listener, self.limits, cancel, move |sock, permit| {
-            let acceptor = TlsAcceptor::from(tls.load_full());
-            let raft = raft.clone();
-            async move {
-                match (route(&sock).await, raft) {
-                    (Route::Grpc, _) if permit.peers_only() => {
-                        debug!("connection closed: max_connections reached");
-                        return None;
+        accept_conns(
+            self.listener,
+            self.limits,
+            PEER_RESERVE,
+            cancel,
+            move |sock, permit| {
+                let acceptor = TlsAcceptor::from(tls.load_full());
+                let raft = raft.clone();
+                async move {
+                    match (route(&sock).await, raft) {
+                        (Route::Grpc, _) if permit.peers_only() => {
+                            debug!("connection closed: max_connections reached");
+                            return None;
+                        }
+                        (Route::Grpc, _) => {}
+                        (Route::Raft, Some(raft)) => {
+                            raft.admit(sock, permit).await;
+                            return None;
+                        }
+                        (Route::Raft, None) => {
+                            debug!("raft connection refused: no peer TLS on this node");
+                            return None;
+                        }
+                        (Route::Closed, _) => return None,
                     }
-                    (Route::Grpc, _) => {}
-                    (Route::Raft, Some(raft)) => {
-                        raft.admit(sock, permit).await;
-                        return None;
+                    let peer = sock.peer_addr().ok();
+                    match acceptor.accept(sock).await {
+                        Ok(tls) => Some(Conn::new(tls, permit)),
+                        Err(e) => {
+                            debug!(?peer, error = %e, "TLS handshake failed");
+                            None
+                        }
                     }
-                    (Route::Raft, None) => {
-                        debug!("raft connection refused: no peer TLS on this node");
-                        return None;
-                    }
-                    (Route::Closed, _) => return None,
                 }
-                let peer = sock.peer_addr().ok();
-                match acceptor.accept(sock).await {
-                    Ok(tls) => Some(Conn::new(tls, permit)),
-                    Err(e) => {
-                        debug!(?peer, error = %e, "TLS handshake failed");
-                        None
-                    }
-                }
-            }
-        })
+            },
+        )
     }
 }
 
@@ -307,9 +349,10 @@ impl Transport for PlainTcp {
     type Io = Conn<TcpStream>;
 
     fn incoming(self, cancel: CancellationToken) -> ReceiverStream<io::Result<Self::Io>> {
-        accept_tcp(
+        accept_conns(
             self.listener,
             self.limits,
+            PEER_RESERVE,
             cancel,
             |sock, permit| async move {
                 // Dev mode is one node: no Raft path, so no use for the
@@ -325,52 +368,10 @@ impl Transport for Unix {
     type Io = Conn<UnixStream>;
 
     fn incoming(self, cancel: CancellationToken) -> ReceiverStream<io::Result<Self::Io>> {
-        let (tx, rx) = mpsc::channel(128);
-        let slots = self.limits.connection_slots();
-        tokio::spawn(async move {
-            while !tx.is_closed() {
-                let accepted = tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    a = self.listener.accept() => a,
-                };
-                match accepted {
-                    Ok((sock, _)) => {
-                        let permit = Permit::try_take(&slots).filter(|p| !p.peers_only());
-                        let Some(permit) = permit else {
-                            debug!(
-                                limit = self.limits.max_connections,
-                                "unix socket connection refused: max_connections reached"
-                            );
-                            continue;
-                        };
-                        // A connection that sends nothing gives its place
-                        // back after first_byte_timeout, as on TCP.
-                        let (tx, cancel) = (tx.clone(), cancel.clone());
-                        let wait = self.limits.first_byte_timeout;
-                        tokio::spawn(async move {
-                            let sent = tokio::select! {
-                                _ = cancel.cancelled() => return,
-                                r = tokio::time::timeout(wait, first_byte(&sock)) => r,
-                            };
-                            match sent {
-                                Ok(Ok(())) => {
-                                    let _ = tx.send(Ok(Conn::new(sock, permit))).await;
-                                }
-                                Ok(Err(e)) => debug!(error = %e, "unix socket connection failed"),
-                                Err(_) => {
-                                    debug!("unix socket connection dropped: no first byte in time")
-                                }
-                            }
-                        });
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "unix socket accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-            drop(self);
-        });
-        ReceiverStream::new(rx)
+        // No places kept for peers: they never come this way.
+        let limits = self.limits;
+        accept_conns(self, limits, 0, cancel, |sock, permit| async move {
+            Some(Conn::new(sock, permit))
+        })
     }
 }
